@@ -1,0 +1,40 @@
+"""C2FNAS networks: the architecture file, the network family, its grid supernet and complexity figures."""
+
+from .architecture import (
+    DEFAULT_ARCHITECTURE_FILE,
+    FORMAT,
+    NUM_LEVELS,
+    OPS,
+    Architecture,
+    ArchitectureError,
+    CellWiring,
+    default_architecture,
+    enumerate_topologies,
+    load_architecture,
+    save_architecture,
+    topology_error,
+    topology_wiring,
+)
+from .c2fnas import C2FNASNet, as_architecture, level_channels
+from .supernet import C2FNASSupernet, SupernetNode
+
+__all__ = [
+    "DEFAULT_ARCHITECTURE_FILE",
+    "FORMAT",
+    "NUM_LEVELS",
+    "OPS",
+    "Architecture",
+    "ArchitectureError",
+    "CellWiring",
+    "C2FNASNet",
+    "C2FNASSupernet",
+    "SupernetNode",
+    "as_architecture",
+    "default_architecture",
+    "enumerate_topologies",
+    "level_channels",
+    "load_architecture",
+    "save_architecture",
+    "topology_error",
+    "topology_wiring",
+]

@@ -1,0 +1,47 @@
+"""Atomic file writes: a reader sees either the old file or the complete new one, never a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save"]
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    The parent directory is created if needed. If ``write`` raises, ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as 4-space indented JSON (model-zoo style), atomically."""
+    text = json.dumps(obj, indent=4) + "\n"
+    return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` that never leaves a truncated checkpoint behind."""
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,0 +1,1 @@
+"""The C2FNAS search: coarse (topology) and fine (operation) stages."""

@@ -1,0 +1,161 @@
+"""C2FNASNet: ops, arbitrary topologies, gradients, TorchScript, memory format and complexity figures."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from networks import OPS, C2FNASNet, default_architecture, enumerate_topologies
+from networks.architecture import Architecture
+from networks.c2fnas import make_op, make_transition
+from networks.complexity import complexity_report, count_macs, count_parameters
+
+KERNELS = {"2D": [(3, 3, 1)], "3D": [(3, 3, 3)], "P3D": [(3, 3, 1), (1, 1, 3)]}
+
+
+def random_architectures(n, seed=0, space=None):
+    rng = random.Random(seed)
+    space = space or enumerate_topologies(12, min_depth=1)
+    return [Architecture(rng.choice(space), tuple(rng.choice(OPS) for _ in range(12))) for _ in range(n)]
+
+
+def expected_parameters(levels, ops, in_channels, out_channels, f):
+    """The design's rules, written out independently: conv weights + 2 per IN channel (affine) + head bias."""
+    c = lambda level: f * 2**level  # noqa: E731
+    total = 27 * in_channels * f + 2 * f + 27 * f * 2 * f + 2 * 2 * f  # stem
+    path = [1, *levels]
+    for i in range(1, len(path)):
+        ch, step = c(path[i]), path[i] - path[i - 1]
+        if step > 0:
+            total += 27 * (ch // 2) * ch + 2 * ch
+        elif step < 0:
+            total += 2 * ch * ch + 2 * ch
+        has_second = step < 0 or (i >= 2 and path[i - 2] == path[i])
+        total += (3 if has_second else 2) * ch * ch  # pre, post (+ pre2)
+        total += {"2D": 9, "3D": 27, "P3D": 12}[ops[i - 1]] * ch * ch + 2 * ch
+    c1 = c(1)
+    total += 27 * (2 * c1 if path[-2] == 1 else c1) * c1 + 2 * c1  # head fuse
+    total += 27 * c1 * f + 2 * f + f * out_channels + out_channels  # head decode
+    return total
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_kernels_and_output_shape(op):
+    module = make_op(op, 6)
+    convs = [m for m in module if isinstance(m, nn.Conv3d)]
+    assert [tuple(m.kernel_size) for m in convs] == KERNELS[op]
+    assert all(tuple(m.weight.shape[:2]) == (6, 6) and m.bias is None for m in convs)
+    assert isinstance(module[0], nn.ReLU) and isinstance(module[-1], nn.InstanceNorm3d) and module[-1].affine
+    x = torch.randn(2, 6, 8, 12, 4)
+    assert module(x).shape == x.shape
+
+
+def test_transition_shapes():
+    down, up = make_transition("down", 8), make_transition("up", 8)
+    assert tuple(down[1].weight.shape) == (8, 4, 3, 3, 3) and down[1].stride == (2, 2, 2)
+    assert tuple(up[2].weight.shape) == (8, 16, 1, 1, 1)
+    assert down(torch.randn(1, 4, 8, 8, 8)).shape == (1, 8, 4, 4, 4)
+    assert up(torch.randn(1, 16, 4, 4, 4)).shape == (1, 8, 8, 8, 8)
+    assert isinstance(make_transition("same", 8), nn.Identity)
+
+
+@pytest.mark.parametrize("spatial", [(32, 32, 32), (64, 32, 32), (32, 64, 96)])
+def test_random_architectures_build_and_run(spatial):
+    torch.manual_seed(0)
+    for arch in random_architectures(4, seed=sum(spatial)):
+        net = C2FNASNet(arch, in_channels=2, out_channels=3, base_channels=4)
+        y = net(torch.randn(1, 2, *spatial))
+        assert y.shape == (1, 3, *spatial) and torch.isfinite(y).all()
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    arch = default_architecture()  # uses all three ops, up/down/same transitions and both kinds of second input
+    for a in [arch, *random_architectures(2, seed=5)]:
+        net = C2FNASNet(a, 1, 3, 4)
+        net(torch.randn(2, 1, 32, 32, 32)).square().mean().backward()
+        missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, f"{a}: no gradient for {missing}"
+
+
+def test_torchscript_output_equals_eager():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 32, 32, 32)
+    for arch in [default_architecture(), *random_architectures(2, seed=1)]:
+        net = C2FNASNet(arch, 1, 3, 4).eval()
+        scripted = torch.jit.script(net)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_channels_last_3d_input_and_weights():
+    torch.manual_seed(0)
+    net = C2FNASNet(default_architecture(), 1, 3, 4).eval()
+    x = torch.randn(1, 1, 32, 64, 32)
+    with torch.no_grad():
+        reference = net(x)
+        net = net.to(memory_format=torch.channels_last_3d)
+        out = net(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_input_size_must_be_divisible():
+    net = C2FNASNet(default_architecture(), 1, 3, 4)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        net(torch.randn(1, 1, 32, 40, 32))
+
+
+def test_network_from_file_and_dict(tmp_path):
+    from networks import DEFAULT_ARCHITECTURE_FILE
+
+    by_path = C2FNASNet(str(DEFAULT_ARCHITECTURE_FILE), 1, 3, 4)
+    by_dict = C2FNASNet(default_architecture().to_dict(), 1, 3, 4)
+    assert by_path.state_dict().keys() == by_dict.state_dict().keys()
+    with pytest.raises(ValueError, match="has no ops"):
+        C2FNASNet({"format": "c2fnas-arch/1", "levels": [1, 2, 1]})
+
+
+def test_parameter_count_follows_design_rules():
+    with torch.device("meta"):
+        for arch, f in [(default_architecture(), 32), *[(a, 8) for a in random_architectures(5, seed=2)]]:
+            net = C2FNASNet(arch, 1, 3, f)
+            assert count_parameters(net) == expected_parameters(arch.levels, arch.ops, 1, 3, f), str(arch)
+
+
+def test_default_architecture_complexity_at_f32():
+    report = complexity_report(default_architecture(), base_channels=32, roi_size=96)
+    assert report["parameters"] == expected_parameters(
+        default_architecture().levels, default_architecture().ops, 1, 3, 32
+    )
+    assert 15.3e6 < report["parameters"] < 15.5e6  # the design's 15.4 M
+    assert 157e9 < report["macs"] < 159e9  # the design's 158 GMAC
+
+
+def test_macs_match_an_independent_count():
+    """count_macs (meta device, flop counter) equals MACs summed by forward hooks on real convolutions."""
+    torch.manual_seed(0)
+    for arch in [default_architecture(), *random_architectures(2, seed=3)]:
+        net = C2FNASNet(arch, 1, 3, 4)
+        total = []
+
+        def hook(module, inputs, output):
+            kernel = module.weight.shape[1] * module.weight.shape[2:].numel()
+            total.append(output.numel() * kernel)
+
+        handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv3d)]
+        net(torch.randn(1, 1, 32, 64, 32))
+        for h in handles:
+            h.remove()
+        assert count_macs(net, (1, 1, 32, 64, 32)) == sum(total)
+        assert next(net.parameters()).device.type == "cpu"  # counting did not move the network
+
+
+def test_cli_prints_parameter_count():
+    out = subprocess.run(
+        [sys.executable, "-m", "networks", "summary"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "parameters    15,400,771 (15.40 M)   [paper: 17.02 M, unverified]" in out
+    assert "MACs          158.3 G per 96^3 window" in out
