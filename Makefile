@@ -29,10 +29,10 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
-	$(PY) -m black --check --quiet networks search tests
-	$(PY) -m isort --check-only --quiet networks search tests
-	$(PY) -m flake8 networks search tests
+	$(PY) -m black --check --quiet networks search tests benchmarks
+	$(PY) -m isort --check-only --quiet networks search tests benchmarks
+	$(PY) -m flake8 networks search tests benchmarks
 
 format: $(STAMP)
-	$(PY) -m isort networks search tests
-	$(PY) -m black networks search tests
+	$(PY) -m isort networks search tests benchmarks
+	$(PY) -m black networks search tests benchmarks

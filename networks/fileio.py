@@ -26,6 +26,7 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

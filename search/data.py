@@ -1,0 +1,152 @@
+"""Data for the search: a deterministic stream of training patches and a validation Dice evaluator.
+
+Training item ``k`` (the ``k``-th patch dict ever drawn) is a pure function of ``(seed, k)``: its case comes from a
+seeded permutation of the training cases per pass, and the random augmentation is re-seeded with ``(seed, k)``.
+So the batch of iteration ``i`` is the same whatever the number of workers, after a resume, and (partitioned by
+rank) under DDP.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+from monai.data import CacheDataset, Dataset, list_data_collate
+from monai.inferers import sliding_window_inference
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
+
+from .space import rng
+
+__all__ = ["cached_dataset", "PatchStream", "DiceEvaluator"]
+
+
+def cached_dataset(data: Sequence[dict], transform: Callable, cache_rate: float = 1.0, num_workers: int = 0) -> Dataset:
+    """The deterministic preprocessing of ``data``, computed once and kept in memory for ``cache_rate`` of the cases."""
+    if cache_rate <= 0:
+        return Dataset(list(data), transform)
+    return CacheDataset(list(data), transform, cache_rate=cache_rate, num_workers=max(1, num_workers), progress=False)
+
+
+class _IndexedPatches(torch.utils.data.Dataset):
+    def __init__(self, cases: Dataset, augmentation: Optional[Callable], seed: int):
+        self.cases, self.augmentation, self.seed = cases, augmentation, seed
+        self._orders: Dict[int, List[int]] = {}
+
+    def __len__(self) -> int:  # items are indexed by draw number, unbounded
+        return 2**62
+
+    def case_index(self, k: int) -> int:
+        n = len(self.cases)
+        epoch = k // n
+        if epoch not in self._orders:
+            order = list(range(n))
+            rng(self.seed, "order", epoch).shuffle(order)
+            self._orders = {epoch: order}
+        return self._orders[epoch][k % n]
+
+    def __getitem__(self, k: int):
+        item = self.cases[self.case_index(k)]
+        if self.augmentation is None:
+            return item
+        if hasattr(self.augmentation, "set_random_state"):
+            self.augmentation.set_random_state(seed=rng(self.seed, "augment", k).randrange(2**31))
+        return self.augmentation(item)
+
+
+class PatchStream:
+    """Training batches: ``batch_size`` draws per iteration and rank, each ``augmentation(preprocessed case)``.
+
+    Args:
+        cases: preprocessed training cases (e.g. ``cached_dataset(...)``), dicts with ``image`` and ``label``.
+        augmentation: random MONAI transforms (crops, flips...), re-seeded for every draw; may return a list of
+            patches (``num_samples``), which are flattened into the batch.
+        batch_size: draws per iteration and rank.
+        seed: the stream's seed.
+    """
+
+    def __init__(
+        self,
+        cases: Dataset,
+        augmentation: Optional[Callable],
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if len(cases) == 0:
+            raise ValueError("the training set is empty: the search needs at least one training case")
+        self.dataset = _IndexedPatches(cases, augmentation, seed)
+        self.batch_size, self.num_workers, self.rank, self.world_size = batch_size, num_workers, rank, world_size
+
+    def draws(self, iteration: int) -> List[int]:
+        """Draw numbers of (0-based) ``iteration`` on this rank."""
+        first = (iteration * self.world_size + self.rank) * self.batch_size
+        return list(range(first, first + self.batch_size))
+
+    def batches(self, start: int, stop: int) -> Iterator[dict]:
+        """Batches of iterations ``start`` .. ``stop - 1``."""
+        indices = [k for i in range(start, stop) for k in self.draws(i)]
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=indices,
+            num_workers=self.num_workers,
+            collate_fn=list_data_collate,
+            persistent_workers=False,
+        )
+        return iter(loader)
+
+
+class DiceEvaluator:
+    """Mean foreground Dice of a predictor on validation volumes, by sliding-window inference.
+
+    The preprocessed volumes are read once (``cases``) and kept. The fitness is the mean over foreground classes of
+    the per-class Dice averaged over the cases where that class is present.
+
+    Args:
+        cases: preprocessed validation cases (dicts with ``image`` ``(C, *S)`` and ``label`` ``(1, *S)``).
+        num_classes: classes including background.
+        roi_size, sw_batch_size, overlap: sliding-window settings.
+    """
+
+    def __init__(
+        self,
+        cases: Dataset,
+        num_classes: int,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        device: torch.device = torch.device("cpu"),
+        amp: bool = False,
+    ):
+        self.cases = [(_plain(case["image"]), _plain(case["label"])) for case in (cases[i] for i in range(len(cases)))]
+        if not self.cases:
+            raise ValueError("the validation set is empty: the search needs at least one validation case")
+        self.num_classes, self.roi_size = num_classes, tuple(roi_size)
+        self.sw_batch_size, self.overlap, self.device, self.amp = sw_batch_size, overlap, torch.device(device), amp
+
+    @torch.inference_mode()
+    def per_class(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Dice per foreground class and case, ``(cases, num_classes - 1)``, NaN where the class is absent."""
+        rows = []
+        for image, label in self.cases:
+            with torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
+                logits = sliding_window_inference(
+                    image[None].to(self.device), self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap
+                )
+            prediction = one_hot(logits.argmax(1, keepdim=True), self.num_classes)
+            truth = one_hot(label[None].to(self.device).long(), self.num_classes)
+            rows.append(compute_dice(prediction, truth, include_background=False, ignore_empty=True).cpu())
+        return torch.cat(rows).float()
+
+    def __call__(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        per_class = self.per_class(predictor).nanmean(0)
+        per_class = torch.nan_to_num(per_class, nan=0.0)
+        return float(per_class.mean())
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain tensor from a MetaTensor, tensor or array (no metadata tracking in the hot loop)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)

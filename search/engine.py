@@ -1,0 +1,114 @@
+"""The ignite engine that trains a supernet by single-path sampling, with progress, stats and TensorBoard handlers."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Dict, Iterator, Optional
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
+
+from ..networks import Architecture, C2FNASSupernet
+
+__all__ = ["cosine_schedule", "create_supernet_trainer", "run_trainer"]
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_iterations: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay from the optimizer's learning rate to zero over ``total_iterations`` steps."""
+    total = max(1, total_iterations)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
+    )
+
+
+def create_supernet_trainer(
+    supernet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sample_architecture: Callable[[int], Architecture],
+    device: torch.device,
+    amp: bool = False,
+) -> Engine:
+    """An ignite ``Engine`` whose step trains the single path ``sample_architecture(iteration)`` (0-based).
+
+    ``supernet`` is a ``C2FNASSupernet`` or a ``DistributedDataParallel`` around one; batches are dicts with
+    ``image`` ``(B, C, *S)`` and ``label`` ``(B, 1, *S)``. The step output is ``{"loss": float, "lr": float}``.
+    """
+    use_amp = amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    def step(engine: Engine, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        arch = sample_architecture(engine.state.iteration - 1)
+        supernet.train()
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=use_amp):
+            loss = loss_function(supernet(image, arch), label)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        return {"loss": loss.item(), "lr": lr}
+
+    engine = Engine(step)
+    engine.scaler = scaler  # type: ignore[attr-defined]
+    return engine
+
+
+def run_trainer(
+    engine: Engine,
+    batches: Iterator[dict],
+    start_iteration: int,
+    total_iterations: int,
+    name: str,
+    checkpoint: Optional[Callable[[int], None]] = None,
+    checkpoint_interval: int = 0,
+    summary_writer: Optional[object] = None,
+    log_interval: int = 10,
+    show_progress: bool = True,
+) -> None:
+    """Run ``engine`` over iterations ``start_iteration .. total_iterations - 1`` (``batches`` starts at the first).
+
+    ``checkpoint(iterations_done)`` is called every ``checkpoint_interval`` iterations and at the end. Handlers
+    (progress bar, a ``StatsHandler`` logging to ``name``, TensorBoard loss and lr) are attached when
+    ``show_progress`` is set (rank 0 under DDP).
+    """
+    if start_iteration >= total_iterations:
+        return
+    if show_progress:
+        ProgressBar(desc=name, persist=True).attach(engine, output_transform=lambda out: {"loss": out["loss"]})
+        StatsHandler(
+            name=name,
+            iteration_log=lambda _engine, iteration: iteration % log_interval == 0,
+            epoch_log=False,
+            output_transform=lambda out: {"loss": out["loss"]},
+        ).attach(engine)
+        if summary_writer is not None:
+            TensorBoardStatsHandler(
+                summary_writer=summary_writer,
+                iteration_log=True,
+                epoch_log=False,
+                output_transform=lambda out: {f"{name}/loss": out["loss"], f"{name}/lr": out["lr"]},
+            ).attach(engine)
+    if checkpoint is not None:
+        if checkpoint_interval > 0:
+            engine.add_event_handler(
+                Events.ITERATION_COMPLETED(every=checkpoint_interval),
+                lambda e: e.state.iteration < total_iterations and checkpoint(e.state.iteration),
+            )
+        engine.add_event_handler(Events.COMPLETED, lambda e: checkpoint(e.state.iteration))
+    if start_iteration > 0:
+        engine.load_state_dict({"iteration": start_iteration, "epoch_length": total_iterations, "max_epochs": 1})
+    logging.getLogger(name).info(f"training iterations {start_iteration} to {total_iterations}")
+    engine.run(batches, max_epochs=1, epoch_length=total_iterations)
+
+
+def unwrap(supernet: torch.nn.Module) -> C2FNASSupernet:
+    """The ``C2FNASSupernet`` inside a ``DistributedDataParallel`` wrapper (or itself)."""
+    return getattr(supernet, "module", supernet)

@@ -1,0 +1,78 @@
+"""Generated 3D tasks for the search tests."""
+
+import numpy as np
+from monai.transforms import Compose, EnsureTyped, RandFlipd
+
+SHORT, LONG = 10, 30  # rod lengths along the third axis
+
+
+def rods_case(seed: int, shape=(16, 16, 64), rods: int = 3, radius2: int = 3, noise: float = 0.1) -> dict:
+    """Bright rods along the third spatial axis, identical in every axial slice: short rods are class 1, long
+    rods class 2. Only context along the third axis separates them (a 2D op sees none of it)."""
+    r = np.random.default_rng(seed)
+    image = np.zeros(shape, np.float32)
+    label = np.zeros(shape, np.uint8)
+    xx, yy = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    for i in range(rods):
+        length, cls = (SHORT, 1) if (i + seed) % 2 == 0 else (LONG, 2)
+        cx, cy = r.integers(3, shape[0] - 3), r.integers(3, shape[1] - 3)
+        z0 = r.integers(1, shape[2] - length - 1)
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius2
+        image[disc, z0 : z0 + length] = 1.0
+        label[disc, z0 : z0 + length] = cls
+    image += noise * r.standard_normal(shape).astype(np.float32)
+    return {"image": image[None], "label": label[None]}
+
+
+def rods_data(n: int, offset: int = 0, **kwargs) -> list:
+    return [rods_case(offset + i, **kwargs) for i in range(n)]
+
+
+def array_transforms():
+    """(preprocessing, augmentation) for in-memory arrays: typing only, then random flips along each axis."""
+    keys = ["image", "label"]
+    preprocessing = Compose([EnsureTyped(keys=keys, track_meta=False)])
+    augmentation = Compose([RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)])
+    return preprocessing, augmentation
+
+
+def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **overrides):
+    """A CoarseSearch or FineSearch on tiny rods data (F=4, 6 cells), small enough for tests on 2 CPU cores."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+    from scripts.search import CoarseSearch, FineSearch
+
+    preprocessing, augmentation = array_transforms()
+    common = dict(
+        train_data=rods_data(6),
+        val_data=rods_data(2, offset=100),
+        preprocessing=preprocessing,
+        augmentation=augmentation,
+        output_dir=output_dir,
+        base_channels=4,
+        roi_size=(16, 16, 64),
+        batch_size=2,
+        sw_batch_size=1,
+        population_size=4,
+        sample_size=2,
+        cycles=4,
+        seed=seed,
+        checkpoint_interval=5,
+        checkpoint_candidates=2,
+        show_progress=False,
+    )
+    if stage == "coarse":
+        kwargs = dict(num_cells=6, min_depth=2, max_depth=3, num_clusters=3, cluster_iterations=12, score_samples=2)
+        return CoarseSearch(**{**common, **kwargs, "op_samples": 2, **overrides})
+    return FineSearch(**{**common, "topology": topology, "iterations": 16, **overrides})
+
+
+if __name__ == "__main__":  # python helpers.py STAGE OUTPUT_DIR [TOPOLOGY_FILE]: one small search, as a subprocess
+    import sys
+
+    import torch
+
+    torch.set_num_threads(1)
+    small_stage(sys.argv[1], sys.argv[2], topology=sys.argv[3] if len(sys.argv) > 3 else None).run()

@@ -1,0 +1,233 @@
+"""The search engine: space, clustering, evolution, data stream, evaluation, both stages, resume after SIGKILL."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import rods_case, small_stage
+from scripts.networks import Architecture, enumerate_topologies, load_architecture, topology_error
+from scripts.search import (
+    AgingEvolution,
+    DiceEvaluator,
+    PatchStream,
+    SearchSpace,
+    SearchStateError,
+    cached_dataset,
+    kmeans,
+    mutate_ops,
+    rng,
+)
+
+TESTS = Path(__file__).resolve().parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_space_clusters_partition_the_topologies_reproducibly():
+    space = SearchSpace(num_cells=12, min_depth=4, num_clusters=8, seed=3)
+    assert len(space.topologies) == 924
+    members = [t for c in space.clusters for t in c]
+    assert sorted(members) == sorted(space.topologies) and len(members) == len(set(members))
+    assert all(space.clusters)
+    assert SearchSpace(num_cells=12, min_depth=4, num_clusters=8, seed=3).clusters == space.clusters
+
+
+def test_kmeans_recovers_separated_groups():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=torch.float64)
+    points = torch.cat([c + 0.5 * torch.randn(30, 2, generator=g, dtype=torch.float64) for c in centres])
+    labels = kmeans(points, 3, seed=1)
+    for group in range(3):
+        assert len(set(labels[30 * group : 30 * (group + 1)].tolist())) == 1
+    assert len(set(labels.tolist())) == 3
+    assert labels[0] == 0  # clusters are numbered by their first member
+
+
+def test_topology_mutation_stays_valid_and_in_cluster():
+    space = SearchSpace(num_cells=12, min_depth=4, num_clusters=8)
+    r = random.Random(0)
+    for members in space.clusters:
+        for _ in range(20):
+            parent = r.choice(members)
+            child = space.mutate_topology(r, parent, members)
+            assert child in members and child != parent and topology_error(child) is None
+            nearest = min(sum(a != b for a, b in zip(parent, t)) for t in members if t != parent)
+            assert sum(a != b for a, b in zip(parent, child)) == nearest
+
+
+def test_op_mutation_changes_one_cell():
+    r = random.Random(0)
+    parent = ("2D",) * 12
+    for _ in range(20):
+        child = mutate_ops(r, parent)
+        assert sum(a != b for a, b in zip(parent, child)) == 1
+
+
+def _toy_evolution(seed=0):
+    target = ("3D", "2D", "P3D", "3D", "3D", "2D")
+    return AgingEvolution(
+        "toy",
+        population_size=8,
+        sample_size=3,
+        cycles=60,
+        seed=seed,
+        random_candidate=lambda r: [r.choice(("2D", "3D", "P3D")) for _ in range(6)],
+        mutate=lambda r, p: list(mutate_ops(r, p)),
+        fitness=lambda ops: sum(a == b for a, b in zip(ops, target)) / 6,
+    )
+
+
+def test_aging_evolution_climbs_and_resumes_identically():
+    full = _toy_evolution()
+    best = full.run()
+    assert best["fitness"] > max(h["fitness"] for h in full.history[:8])  # better than the random population
+    assert len(full.history) == 68 and len(full.population) == 8
+    half = _toy_evolution()
+    for _ in range(30):
+        half.step()
+    resumed = _toy_evolution()
+    resumed.load_state_dict(json.loads(json.dumps(half.state_dict())))  # through JSON, as in a checkpoint
+    resumed.run()
+    assert resumed.history == full.history
+
+
+def test_patch_stream_is_a_function_of_seed_and_iteration():
+    from helpers import array_transforms
+
+    preprocessing, augmentation = array_transforms()
+    cases = cached_dataset([rods_case(i) for i in range(3)], preprocessing)
+    stream = PatchStream(cases, augmentation, batch_size=2, seed=7)
+    straight = [b["image"] for b in stream.batches(0, 5)]
+    resumed = [b["image"] for b in stream.batches(3, 5)]
+    assert all(torch.equal(a, b) for a, b in zip(straight[3:], resumed))
+    workers = PatchStream(cases, augmentation, batch_size=2, seed=7, num_workers=2)
+    assert all(torch.equal(a, b["image"]) for a, b in zip(straight, workers.batches(0, 5)))
+    other = [b["image"] for b in PatchStream(cases, augmentation, batch_size=2, seed=8).batches(0, 5)]
+    assert not all(torch.equal(a, b) for a, b in zip(straight, other))
+    ranks = [PatchStream(cases, augmentation, 2, 7, rank=r, world_size=2).draws(4) for r in range(2)]
+    assert ranks == [[16, 17], [18, 19]]  # iteration 4, partitioned by rank
+
+
+def test_dice_evaluator():
+    from helpers import array_transforms
+    from monai.networks.utils import one_hot
+
+    cases = cached_dataset([rods_case(i) for i in range(2)], array_transforms()[0])
+    evaluator = DiceEvaluator(cases, num_classes=3, roi_size=(16, 16, 64), sw_batch_size=1)
+
+    def label_of(window):  # the window is a whole volume: find its label
+        return next(label for image, label in evaluator.cases if torch.equal(image[None], window))[None].long()
+
+    def logits(labels):
+        return 10.0 * one_hot(labels, 3)
+
+    assert evaluator(lambda w: logits(label_of(w))) == pytest.approx(1.0)
+    assert evaluator(lambda w: logits(torch.zeros_like(label_of(w)))) == 0.0
+    only_class_1 = lambda w: logits(torch.where(label_of(w) == 1, 1, 0))  # noqa: E731
+    assert evaluator(only_class_1) == pytest.approx(0.5)  # mean of Dice 1 (class 1) and 0 (class 2)
+    assert evaluator.per_class(only_class_1).shape == (2, 2)
+
+
+def _png(path):
+    data = Path(path).read_bytes()
+    return data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+def test_both_stages_end_to_end(tmp_path):
+    coarse = small_stage("coarse", tmp_path)
+    topology = coarse.run()
+    history = json.loads((tmp_path / "search_coarse_history.json").read_text())
+    scores = [c["score"] for c in history["clusters"]]
+    best_cluster = history["best_cluster"]
+    assert len(scores) == 3 and scores[best_cluster] == max(scores)
+    assert list(topology.levels) in history["cluster_members"][best_cluster]
+    assert topology.ops is None and topology_error(topology.levels) is None
+    assert load_architecture(tmp_path / "arch_coarse.json") == topology
+    assert topology.provenance["cluster"] == best_cluster
+    # every evaluated candidate is in the history: cluster samples and every (topology, op sample) of evolution
+    evaluated = {(tuple(e["levels"]), tuple(e["ops"])) for e in history["evaluations"]}
+    assert len(history["evaluations"]) == len(evaluated) == len(coarse.progress["cache"])
+    assert len(history["evolution"]) == 4 + 4
+    for record in history["evolution"]:
+        for j in range(2):
+            assert (tuple(record["candidate"]), coarse.op_sample(record["candidate"], j)) in evaluated
+    assert _png(tmp_path / "search_coarse_fitness.png") and _png(tmp_path / "arch_coarse.png")
+    assert any((tmp_path / "tensorboard" / "coarse").glob("events.out.tfevents.*"))
+
+    fine = small_stage("fine", tmp_path, topology=tmp_path / "arch_coarse.json")
+    arch = fine.run()
+    assert arch.levels == topology.levels and arch.ops is not None and len(arch.ops) == 6
+    fine_history = json.loads((tmp_path / "search_fine_history.json").read_text())
+    assert len(fine_history["evolution"]) == 8
+    assert max(r["fitness"] for r in fine_history["evolution"]) == arch.provenance["fitness"]
+    assert {tuple(r["candidate"]) for r in fine_history["evolution"]} <= {
+        tuple(e["ops"]) for e in fine_history["evaluations"]
+    }
+    assert _png(tmp_path / "search_fine_fitness.png") and _png(tmp_path / "arch_fine.png")
+    assert load_architecture(tmp_path / "arch_fine.json") == arch
+
+    again = small_stage("fine", tmp_path, topology=tmp_path / "arch_coarse.json").run()  # finished: no new work
+    assert again == arch
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
+    with pytest.raises(SearchStateError, match="search_fine_state.pt: saved by a fine search with other settings"):
+        small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1)), seed=1).run()
+
+
+def _run(stage, out, kill_when=None, topology=None):
+    """Run helpers.py as a real subprocess; with ``kill_when(state)`` SIGKILL it once the saved state satisfies it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "bundle"), str(TESTS)])}
+    args = [sys.executable, str(TESTS / "helpers.py"), stage, str(out)] + ([str(topology)] if topology else [])
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = Path(out) / f"search_{stage}_state.pt"
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        if kill_when is not None and state_file.exists():
+            state = torch.load(state_file, weights_only=True)
+            if kill_when(state["progress"]):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return False
+        time.sleep(0.05)
+    assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-3000:]
+    return True
+
+
+def test_coarse_search_resumes_after_sigkill(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert _run("coarse", reference)
+    # killed mid-training of cluster 1, then during evolution, then let finish
+    assert not _run("coarse", killed, kill_when=lambda p: p["cluster"] == 1 and p["iteration"] >= 5)
+    assert not _run("coarse", killed, kill_when=lambda p: p["evolution"] and len(p["evolution"]["history"]) >= 2)
+    assert _run("coarse", killed)
+    expected = json.loads((reference / "search_coarse_history.json").read_text())
+    resumed = json.loads((killed / "search_coarse_history.json").read_text())
+    assert load_architecture(killed / "arch_coarse.json") == load_architecture(reference / "arch_coarse.json")
+    assert resumed["evolution"] == expected["evolution"]
+    assert resumed["clusters"] == expected["clusters"]
+    assert not list(killed.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_fine_search_resumes_after_sigkill(tmp_path):
+    topology = tmp_path / "topology.json"
+    topology.write_text(json.dumps({"format": "c2fnas-arch/1", "levels": [1, 2, 3, 2, 1, 1]}))
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert _run("fine", reference, topology=topology)
+    assert not _run("fine", killed, topology=topology, kill_when=lambda p: p["iteration"] >= 10)
+    assert _run("fine", killed, topology=topology)
+    assert load_architecture(killed / "arch_fine.json") == load_architecture(reference / "arch_fine.json")
+    expected = json.loads((reference / "search_fine_history.json").read_text())
+    assert json.loads((killed / "search_fine_history.json").read_text())["evolution"] == expected["evolution"]
+
+
+def test_rng_is_a_function_of_its_keys():
+    assert rng(1, "a", 2).random() == rng(1, "a", 2).random() != rng(1, "a", 3).random()
+    assert len(enumerate_topologies(6, min_depth=2, max_depth=3)) == 30
