@@ -231,3 +231,43 @@ def test_fine_search_resumes_after_sigkill(tmp_path):
 def test_rng_is_a_function_of_its_keys():
     assert rng(1, "a", 2).random() == rng(1, "a", 2).random() != rng(1, "a", 3).random()
     assert len(enumerate_topologies(6, min_depth=2, max_depth=3)) == 30
+
+
+def test_fine_search_picks_the_op_the_task_needs(tmp_path):
+    """Rods that only context along the third axis separates: the fine stage should choose 3D over 2D."""
+    from helpers import array_transforms, rods_data
+    from scripts.search import FineSearch
+
+    preprocessing, augmentation = array_transforms()
+    big = dict(shape=(32, 32, 48), rods=4, radius2=6)
+    picks, by_count = [], {}
+    for seed in range(3):
+        search = FineSearch(
+            train_data=rods_data(12, **big),
+            val_data=rods_data(6, offset=100, **big),
+            preprocessing=preprocessing,
+            augmentation=augmentation,
+            output_dir=tmp_path / str(seed),
+            topology={"format": "c2fnas-arch/1", "levels": [1, 2, 2, 1]},
+            ops=("2D", "3D"),
+            base_channels=8,
+            roi_size=(32, 32, 48),
+            batch_size=2,
+            sw_batch_size=1,
+            learning_rate=0.05,
+            iterations=400,
+            population_size=6,
+            sample_size=3,
+            cycles=8,
+            seed=seed,
+            checkpoint_interval=0,
+            show_progress=False,
+        )
+        picks.append(search.run().ops.count("3D"))
+        for e in search.progress["evaluations"]:
+            by_count.setdefault(e["ops"].count("3D"), []).append(e["fitness"])
+    assert sum(picks) >= 9 and sum(p >= 3 for p in picks) >= 2, picks  # 3D in most cells, across seeds
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    many = [f for n, fs in by_count.items() if n >= 3 for f in fs]
+    few = [f for n, fs in by_count.items() if n <= 1 for f in fs]
+    assert mean(many) > mean(few) + 0.02, (mean(many), mean(few))
