@@ -196,16 +196,18 @@ class C2FNASNet(nn.Module):
         super().__init__()
         arch = as_architecture(arch)
         wiring = topology_wiring(arch.levels)
-        cells = [
-            Cell(
-                transition=make_transition(w.transition, level_channels(w.level, base_channels)),
-                pre=make_pointwise(level_channels(w.level, base_channels)),
-                pre2=make_pointwise(level_channels(w.level, base_channels)) if w.second >= 0 else nn.Identity(),
-                op=make_op(op, level_channels(w.level, base_channels)),
-                post=make_pointwise(level_channels(w.level, base_channels)),
+        cells = []
+        for w, op in zip(wiring, arch.ops):
+            channels = level_channels(w.level, base_channels)
+            cells.append(
+                Cell(
+                    transition=make_transition(w.transition, channels),
+                    pre=make_pointwise(channels),
+                    pre2=make_pointwise(channels) if w.second >= 0 else nn.Identity(),
+                    op=make_op(op, channels),
+                    post=make_pointwise(channels),
+                )
             )
-            for w, op in zip(wiring, arch.ops)
-        ]
         head = make_head(base_channels, out_channels, concat_previous=self._concat_previous(arch))
         self._setup(arch, in_channels, out_channels, base_channels, make_stem(in_channels, base_channels), cells, head)
 

@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
-from ..networks import Architecture, C2FNASSupernet
+from ..networks import Architecture
 
 __all__ = ["cosine_schedule", "create_supernet_trainer", "run_trainer"]
 
@@ -56,9 +56,7 @@ def create_supernet_trainer(
         scheduler.step()
         return {"loss": loss.item(), "lr": lr}
 
-    engine = Engine(step)
-    engine.scaler = scaler  # type: ignore[attr-defined]
-    return engine
+    return Engine(step)
 
 
 def run_trainer(
@@ -107,8 +105,3 @@ def run_trainer(
         engine.load_state_dict({"iteration": start_iteration, "epoch_length": total_iterations, "max_epochs": 1})
     logging.getLogger(name).info(f"training iterations {start_iteration} to {total_iterations}")
     engine.run(batches, max_epochs=1, epoch_length=total_iterations)
-
-
-def unwrap(supernet: torch.nn.Module) -> C2FNASSupernet:
-    """The ``C2FNASSupernet`` inside a ``DistributedDataParallel`` wrapper (or itself)."""
-    return getattr(supernet, "module", supernet)
