@@ -5,7 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format
+LINTED := networks search tests benchmarks release.py bundle/scripts/__init__.py bundle/scripts/data.py \
+	bundle/scripts/transforms.py bundle/scripts/handlers.py
+
+.PHONY: setup demo test test-slow lint format release
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +19,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on embedded default data (see README).
+# The main job on the embedded default data (see README): the whole C2FNAS chain with the CPU profile.
+BUNDLE_RUN := cd bundle && ../$(PY) -m monai.bundle run --config_file
+CPU := configs/cpu_profile.json
+SEARCHED := --arch_file outputs/search/arch_fine.json
 demo: $(STAMP)
-	$(PY) -m networks demo
+	$(BUNDLE_RUN) "['configs/search_coarse.json','$(CPU)']"
+	$(BUNDLE_RUN) "['configs/search_fine.json','$(CPU)']"
+	$(BUNDLE_RUN) "['configs/train.json','$(CPU)']" $(SEARCHED)
+	$(BUNDLE_RUN) "['configs/train.json','configs/evaluate.json','$(CPU)']" $(SEARCHED) --ckpt_file outputs/models/model.pt
+	$(BUNDLE_RUN) "['configs/inference.json','$(CPU)']" $(SEARCHED) --ckpt_file outputs/models/model.pt
+	@echo "searched architecture: bundle/outputs/search/arch_fine.json (picture: arch_fine.png)"
+	@echo "validation Dice: $$(cat bundle/outputs/eval/dice_per_class.json | tr -d '\n ')"
+	@echo "segmentations: bundle/outputs/inference/"
 
 # The default test suite (< 20 min on 2 CPU cores) and the code-style check.
 test: $(STAMP)
@@ -29,10 +42,14 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
-	$(PY) -m black --check --quiet networks search tests benchmarks
-	$(PY) -m isort --check-only --quiet networks search tests benchmarks
-	$(PY) -m flake8 networks search tests benchmarks
+	$(PY) -m black --check --quiet $(LINTED)
+	$(PY) -m isort --check-only --quiet $(LINTED)
+	$(PY) -m flake8 $(LINTED)
 
 format: $(STAMP)
-	$(PY) -m isort networks search tests benchmarks
-	$(PY) -m black networks search tests benchmarks
+	$(PY) -m isort $(LINTED)
+	$(PY) -m black $(LINTED)
+
+# dist/pancreas_ct_c2fnas_segmentation_v<version>.zip (deterministic; prints its sha1)
+release: $(STAMP)
+	$(PY) release.py

@@ -66,7 +66,8 @@ class SearchStage:
         seed: every random decision of the search.
         device: ``torch.device`` or string; amp: mixed precision on CUDA.
         checkpoint_interval: iterations between saved states; checkpoint_candidates: evaluations between them.
-        loss_function: default ``DiceCELoss(to_onehot_y=True, softmax=True)``.
+        loss_function: default ``DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)``, as
+            the bundle's training.
     """
 
     name = "stage"
@@ -119,7 +120,7 @@ class SearchStage:
         self.seed, self.device, self.amp = seed, torch.device(device), amp
         self.num_workers, self.cache_rate = num_workers, cache_rate
         self.checkpoint_interval, self.checkpoint_candidates = checkpoint_interval, checkpoint_candidates
-        self.loss_function = loss_function or DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss_function = loss_function or DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
         self.show_progress = show_progress
         self.logger = logging.getLogger(f"c2fnas.search.{self.name}")
         self.progress: Dict[str, Any] = {}

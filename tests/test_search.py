@@ -236,6 +236,7 @@ def test_rng_is_a_function_of_its_keys():
 def test_fine_search_picks_the_op_the_task_needs(tmp_path):
     """Rods that only context along the third axis separates: the fine stage should choose 3D over 2D."""
     from helpers import array_transforms, rods_data
+    from monai.losses import DiceCELoss
     from scripts.search import FineSearch
 
     preprocessing, augmentation = array_transforms()
@@ -262,6 +263,7 @@ def test_fine_search_picks_the_op_the_task_needs(tmp_path):
             seed=seed,
             checkpoint_interval=0,
             show_progress=False,
+            loss_function=DiceCELoss(to_onehot_y=True, softmax=True),  # per-sample Dice suits these volumes
         )
         picks.append(search.run().ops.count("3D"))
         for e in search.progress["evaluations"]:

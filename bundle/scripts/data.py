@@ -1,0 +1,212 @@
+"""Datasets in the Medical Segmentation Decathlon (MSD) layout: the seeded train/validation split, the test list,
+and the embedded default, a small synthetic pancreas CT dataset generated on first use.
+
+MSD layout: ``<dataset_dir>/dataset.json`` with ``"training": [{"image": "./imagesTr/x.nii.gz", "label":
+"./labelsTr/x.nii.gz"}, ...]`` and optionally ``"test": ["./imagesTs/y.nii.gz", ...]``; paths are relative to
+``dataset_dir``. Labels: 0 background, 1 pancreas, 2 pancreatic tumour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+
+__all__ = ["DatasetError", "ensure_dataset", "split_datalist", "test_datalist", "generate_synthetic_dataset"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class DatasetError(ValueError):
+    """A dataset does not follow the MSD layout; the message names the file and the problem."""
+
+
+def ensure_dataset(dataset_dir: PathLike, synthetic_dir: Optional[PathLike] = None, num_cases: int = 24) -> Path:
+    """``dataset_dir``, after generating the synthetic dataset there when it is the default (``synthetic_dir``) and
+    has no ``dataset.json`` yet."""
+    dataset_dir = Path(dataset_dir)
+    is_default = synthetic_dir is not None and dataset_dir.resolve() == Path(synthetic_dir).resolve()
+    if is_default and not (dataset_dir / "dataset.json").exists():
+        generate_synthetic_dataset(dataset_dir, num_cases=num_cases)
+    return dataset_dir
+
+
+def _read_dataset_json(dataset_dir: Path) -> dict:
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"{dataset_dir}: dataset directory does not exist")
+    path = dataset_dir / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing; an MSD dataset needs a dataset.json with a 'training' list") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("training"), list) or not meta["training"]:
+        raise DatasetError(f"{path}: needs a non-empty 'training' list of {{'image': ..., 'label': ...}} pairs")
+    return meta
+
+
+def _resolve(dataset_dir: Path, relative: str, source: Path, what: str) -> str:
+    path = (dataset_dir / relative).resolve()
+    if not path.is_file():
+        raise DatasetError(f"{source}: {what} {relative!r} does not exist ({path})")
+    return str(path)
+
+
+def split_datalist(
+    dataset_dir: PathLike, split: str = "training", val_fraction: float = 0.2, seed: int = 0, max_cases: int = 0
+) -> List[Dict[str, str]]:
+    """The ``training`` or ``validation`` part of a seeded split of the MSD ``training`` pairs (absolute paths).
+
+    ``max_cases`` > 0 keeps only the first cases of the split (quick runs).
+    """
+    if split not in ("training", "validation"):
+        raise ValueError(f"split must be 'training' or 'validation', got {split!r}")
+    dataset_dir = Path(dataset_dir)
+    meta = _read_dataset_json(dataset_dir)
+    source = dataset_dir / "dataset.json"
+    pairs = []
+    for i, item in enumerate(meta["training"]):
+        if not isinstance(item, dict) or not {"image", "label"} <= set(item):
+            raise DatasetError(f"{source}: training entry {i} must have 'image' and 'label', got {item!r}")
+        pairs.append(
+            {
+                "image": _resolve(dataset_dir, item["image"], source, "image"),
+                "label": _resolve(dataset_dir, item["label"], source, "label"),
+            }
+        )
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(val_fraction * len(pairs))) if val_fraction > 0 else 0
+    chosen = order[:n_val] if split == "validation" else order[n_val:]
+    if not chosen:
+        raise DatasetError(
+            f"{source}: the {split} split is empty ({len(pairs)} labelled cases, val_fraction {val_fraction}); "
+            "add cases or change val_fraction"
+        )
+    data = [pairs[i] for i in sorted(chosen)]
+    return data[:max_cases] if max_cases > 0 else data
+
+
+def test_datalist(dataset_dir: PathLike) -> List[Dict[str, str]]:
+    """Images to segment: the ``test`` list of dataset.json, else every ``imagesTs/*.nii.gz``."""
+    dataset_dir = Path(dataset_dir)
+    meta = _read_dataset_json(dataset_dir)
+    source = dataset_dir / "dataset.json"
+    tests = meta.get("test")
+    if tests:
+        images = [t["image"] if isinstance(t, dict) else t for t in tests]
+        return [{"image": _resolve(dataset_dir, i, source, "test image")} for i in images]
+    return [{"image": str(p.resolve())} for p in sorted((dataset_dir / "imagesTs").glob("*.nii*"))]
+
+
+# ---------------------------------------------------------------------------- synthetic data
+def _ellipsoid(grid: np.ndarray, centre: np.ndarray, radii: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    local = np.einsum("ij,j...->i...", rotation, grid - centre[:, None, None, None])
+    return ((local / radii[:, None, None, None]) ** 2).sum(0) <= 1.0
+
+
+def _rotation(r: np.random.Generator, max_angle: float) -> np.ndarray:
+    a, b, c = r.uniform(-max_angle, max_angle, 3)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def synthetic_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tuple:
+    """One synthetic abdominal CT slab in HU and its label, ``(image int16, label uint8)`` of ``shape``.
+
+    Air outside an elliptic body (-1000 HU), fat (-100) and soft tissue (40) inside, a spine (400), a curved
+    pancreas-like organ (about 110 HU, enhanced) built from overlapping ellipsoids along a random arc, and in most
+    cases a hypodense tumour (about 40 HU) inside the organ. Positions, sizes and orientation vary per case; noise
+    is Gaussian (sigma 15 HU). Spacing is anisotropic (thick axial slices).
+    """
+    r = np.random.default_rng(seed)
+    mm = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")).astype(np.float32)
+    extent = np.array(shape) * np.array(spacing)
+    centre = extent / 2
+    image = np.full(shape, -1000.0, np.float32)
+    body = _ellipsoid(mm, centre + [0, r.uniform(-3, 3), 0], np.array([0.46, 0.38, 10.0]) * extent, np.eye(3))
+    image[body] = 40.0
+    fat = body & ~_ellipsoid(mm, centre, np.array([0.40, 0.31, 10.0]) * extent, np.eye(3))
+    image[fat] = -100.0
+    spine = _ellipsoid(mm, centre + [0, 0.25 * extent[1], 0], np.array([8.0, 8.0, 1e3]), np.eye(3))
+    image[spine] = 400.0
+    label = np.zeros(shape, np.uint8)
+    start = centre + [r.uniform(-18, -8), r.uniform(-8, 8), r.uniform(-8, 8)]
+    direction = np.array([1.0, r.uniform(-0.4, 0.4), r.uniform(-0.3, 0.3)])
+    bend = r.uniform(-0.02, 0.02)
+    for t in np.linspace(0, r.uniform(32, 44), 9):
+        point = start + t * direction / np.linalg.norm(direction) + [0, bend * t * t, 0]
+        radii = np.array([r.uniform(6, 9), r.uniform(5, 8), r.uniform(5, 8)])
+        label[_ellipsoid(mm, point, radii, _rotation(r, 0.5)) & body] = 1
+    image[label == 1] = 110.0
+    if r.random() < 0.8:
+        organ = np.argwhere(label == 1)
+        tumour_centre = organ[r.integers(len(organ))] * np.array(spacing)
+        radii = r.uniform(3.5, 7.0, 3)
+        tumour = _ellipsoid(mm, tumour_centre, radii, _rotation(r, 1.0)) & (label == 1)
+        label[tumour] = 2
+        image[tumour] = 40.0
+    image += r.normal(0, 15, shape).astype(np.float32)
+    return np.clip(image, -1024, 3071).astype(np.int16), label
+
+
+def _save_nifti(array: np.ndarray, spacing, path: Path) -> None:
+    import nibabel as nib
+
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # LPS-like scanner axes, as CT usually comes
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def generate_synthetic_dataset(
+    dataset_dir: PathLike, num_cases: int = 24, num_test: int = 2, seed: int = 0, shape=(96, 96, 40)
+) -> Path:
+    """Write ``num_cases`` labelled and ``num_test`` unlabelled synthetic cases in MSD layout, atomically (into a
+    temporary folder, then renamed), so an interrupted generation leaves nothing half-written."""
+    dataset_dir = Path(dataset_dir)
+    if (dataset_dir / "dataset.json").exists():
+        raise DatasetError(f"{dataset_dir}: already holds a dataset; not overwriting it")
+    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+    spacing = (1.0, 1.0, 2.5)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=dataset_dir.parent))
+    try:
+        for folder in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / folder).mkdir()
+        training, test = [], []
+        for i in range(num_cases + num_test):
+            image, label = synthetic_case(seed * 100003 + i, shape, spacing)
+            name = f"synthetic_{i:03d}.nii.gz"
+            if i < num_cases:
+                _save_nifti(image, spacing, tmp / "imagesTr" / name)
+                _save_nifti(label, spacing, tmp / "labelsTr" / name)
+                training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+            else:
+                _save_nifti(image, spacing, tmp / "imagesTs" / name)
+                test.append(f"./imagesTs/{name}")
+        meta = {
+            "name": "SyntheticPancreas",
+            "description": "Synthetic abdominal CT slabs with a pancreas-like organ and tumour (generated)",
+            "tensorImageSize": "3D",
+            "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+            "numTraining": num_cases,
+            "numTest": num_test,
+            "training": training,
+            "test": test,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n")
+        if dataset_dir.exists():
+            dataset_dir.rmdir()  # an empty folder may stand in the way; a non-empty one raises
+        os.replace(tmp, dataset_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dataset_dir

@@ -1,0 +1,74 @@
+"""Build the model-zoo release of the bundle: ``dist/<name>_v<version>.zip`` and print its sha1.
+
+The zip holds one top folder named after the bundle (as ``monai.bundle download --url`` expects) with configs,
+docs, models, LICENSE and the custom code (``scripts/``, with ``networks`` and ``search`` copied in, not linked).
+Its bytes are deterministic: sorted entries, fixed timestamps and permissions, no caches or run outputs.
+
+    python release.py [--bundle_dir bundle] [--dist_dir dist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Iterator, Tuple
+
+from networks.fileio import atomic_write
+
+NAME = "pancreas_ct_c2fnas_segmentation"
+INCLUDE = ("LICENSE", "configs", "docs", "models", "scripts", "large_files.yml")
+SKIP_PARTS = {"__pycache__", ".pytest_cache"}
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def bundle_files(bundle_dir: Path) -> Iterator[Tuple[str, Path]]:
+    """(path inside the bundle, real file) for every file that ships, links followed, in sorted order."""
+    found = []
+    for top in INCLUDE:
+        root = bundle_dir / top
+        if root.is_file():
+            found.append((top, root))
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_PARTS]
+            for filename in filenames:
+                if filename.endswith((".pyc", ".tmp")) or filename.startswith("."):
+                    continue
+                path = Path(dirpath) / filename
+                found.append((path.relative_to(bundle_dir).as_posix(), path))
+    return iter(sorted(found))
+
+
+def build(bundle_dir: Path, dist_dir: Path) -> Tuple[Path, str]:
+    """Write the zip atomically; return its path and sha1."""
+    version = json.loads((bundle_dir / "configs" / "metadata.json").read_text())["version"]
+    target = dist_dir / f"{NAME}_v{version}.zip"
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+            for relative, path in bundle_files(bundle_dir):
+                info = zipfile.ZipInfo(f"{NAME}/{relative}", date_time=FIXED_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, path.read_bytes(), compresslevel=9)
+
+    atomic_write(target, write)
+    return target, hashlib.sha1(target.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Path(__file__).resolve().parent
+    parser.add_argument("--bundle_dir", type=Path, default=root / "bundle")
+    parser.add_argument("--dist_dir", type=Path, default=root / "dist")
+    args = parser.parse_args()
+    path, sha1 = build(args.bundle_dir, args.dist_dir)
+    print(f"{path}\nsha1 {sha1}")
+
+
+if __name__ == "__main__":
+    main()
