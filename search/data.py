@@ -8,7 +8,7 @@ rank) under DDP.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from monai.data import CacheDataset, Dataset, list_data_collate
@@ -31,7 +31,7 @@ def cached_dataset(data: Sequence[dict], transform: Callable, cache_rate: float 
 class _IndexedPatches(torch.utils.data.Dataset):
     def __init__(self, cases: Dataset, augmentation: Optional[Callable], seed: int):
         self.cases, self.augmentation, self.seed = cases, augmentation, seed
-        self._orders: Dict[int, List[int]] = {}
+        self._order: Tuple[int, List[int]] = (-1, [])  # (pass, case order) of the last pass used
 
     def __len__(self) -> int:  # items are indexed by draw number, unbounded
         return 2**62
@@ -39,11 +39,11 @@ class _IndexedPatches(torch.utils.data.Dataset):
     def case_index(self, k: int) -> int:
         n = len(self.cases)
         epoch = k // n
-        if epoch not in self._orders:
+        if self._order[0] != epoch:
             order = list(range(n))
             rng(self.seed, "order", epoch).shuffle(order)
-            self._orders = {epoch: order}
-        return self._orders[epoch][k % n]
+            self._order = (epoch, order)
+        return self._order[1][k % n]
 
     def __getitem__(self, k: int):
         item = self.cases[self.case_index(k)]

@@ -95,11 +95,13 @@ def run_trainer(
                 output_transform=lambda out: {f"{name}/loss": out["loss"], f"{name}/lr": out["lr"]},
             ).attach(engine)
     if checkpoint is not None:
+
+        def periodic(e: Engine) -> None:
+            if e.state.iteration < total_iterations:  # the last one is saved on COMPLETED
+                checkpoint(e.state.iteration)
+
         if checkpoint_interval > 0:
-            engine.add_event_handler(
-                Events.ITERATION_COMPLETED(every=checkpoint_interval),
-                lambda e: e.state.iteration < total_iterations and checkpoint(e.state.iteration),
-            )
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_interval), periodic)
         engine.add_event_handler(Events.COMPLETED, lambda e: checkpoint(e.state.iteration))
     if start_iteration > 0:
         engine.load_state_dict({"iteration": start_iteration, "epoch_length": total_iterations, "max_epochs": 1})

@@ -274,6 +274,15 @@ class SearchStage:
             payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
         atomic_torch_save(payload, self.path("state"))
 
+    def begin(self, **initial: Any) -> Tuple[Optional[dict], Optional[Architecture]]:
+        """Start or resume: fresh progress (the shared entries plus the stage's ``initial`` ones), replaced by the
+        saved state when there is one. Returns that state and, when the stage already finished, its result."""
+        self.progress = {"iteration": 0, "evolution": None, "cache": {}, "evaluations": [], "done": False, **initial}
+        state = self.load_state()
+        if self.progress["done"] and self.path("arch").exists():
+            return state, load_architecture(self.path("arch"))
+        return state, None
+
     def load_state(self) -> Optional[dict]:
         """The saved state (``weights_only`` load), or ``None`` when there is none."""
         path = self.path("state")
@@ -394,11 +403,9 @@ class CoarseSearch(SearchStage):
         return sum(scores) / len(scores)
 
     def run(self) -> Architecture:
-        self.progress = {"cluster": 0, "iteration": 0, "clusters": [], "best_cluster": -1, "evolution": None}
-        self.progress.update({"cache": {}, "evaluations": [], "done": False})
-        state = self.load_state()
-        if self.progress["done"] and self.path("arch").exists():
-            return load_architecture(self.path("arch"))
+        state, finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
+        if finished is not None:
+            return finished
         best_weights = state.get("best_supernet") if state else None
 
         for k in range(self.progress["cluster"], self.space.num_clusters):
@@ -492,10 +499,9 @@ class FineSearch(SearchStage):
         return {**super().settings(), "topology": list(self.topology.levels), "fine": [self.iterations]}
 
     def run(self) -> Architecture:
-        self.progress = {"iteration": 0, "evolution": None, "cache": {}, "evaluations": [], "done": False}
-        state = self.load_state()
-        if self.progress["done"] and self.path("arch").exists():
-            return load_architecture(self.path("arch"))
+        state, finished = self.begin()
+        if finished is not None:
+            return finished
         levels = self.topology.levels
         supernet = self.build_supernet([levels], "fine")
         if state is not None and state.get("supernet") is not None:

@@ -32,19 +32,32 @@ TINY = {  # overrides that make every stage a few seconds on CPU
 }
 
 
-def bundle_run(config_files, cwd, overrides, *, meta=True):
-    """``python -m monai.bundle run`` in a fresh process, from ``cwd``, with ``--key value`` overrides."""
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / f}'" for f in config_files) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
-    if meta:
-        command += ["--meta_file", str(BUNDLE / "configs" / "metadata.json")]
-    command += ["--logging_file", str(BUNDLE / "configs" / "logging.conf")]
-    for key, value in {"bundle_root": str(BUNDLE), **overrides}.items():
-        command += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the bundle must find its own code
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+def monai_bundle(command, *args, cwd, overrides=None, timeout=900):
+    """``python -m monai.bundle COMMAND ARGS --key value ...`` in a fresh process from ``cwd``, without PYTHONPATH
+    (a bundle must find its own code); asserts success and returns the output."""
+    argv = [sys.executable, "-m", "monai.bundle", command, *map(str, args)]
+    for key, value in (overrides or {}).items():
+        argv += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
+
+
+def bundle_run(config_files, cwd, overrides):
+    """``python -m monai.bundle run`` of this repository's bundle with ``config_files`` and overrides."""
+    files = "[" + ",".join(f"'{BUNDLE / 'configs' / f}'" for f in config_files) + "]"
+    return monai_bundle(
+        "run",
+        "--config_file",
+        files,
+        "--meta_file",
+        BUNDLE / "configs" / "metadata.json",
+        "--logging_file",
+        BUNDLE / "configs" / "logging.conf",
+        cwd=cwd,
+        overrides={"bundle_root": str(BUNDLE), **overrides},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,28 +87,25 @@ def test_required_files_and_version():
 
 
 def test_verify_metadata_against_shipped_schema(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
-         str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA)],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0 and "metadata is verified with no error" in done.stdout + done.stderr
+    meta = BUNDLE / "configs" / "metadata.json"
+    out = monai_bundle("verify_metadata", "--meta_file", meta, "--filepath", SCHEMA, cwd=tmp_path)
+    assert "metadata is verified with no error" in out
 
 
-def test_verify_net_in_out(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-         str(BUNDLE / "configs" / "metadata.json"), "--config_file", str(BUNDLE / "configs" / "inference.json"),
-         "--bundle_root", str(BUNDLE), "--device", "cpu", "--base_channels", "8"],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_verify_net_in_out():
+    out = monai_bundle(
+        "verify_net_in_out",
+        "network_def",
         cwd=BUNDLE,  # as model-zoo's CI runs it: from the bundle root, so `scripts` imports
+        overrides={
+            "meta_file": str(BUNDLE / "configs" / "metadata.json"),
+            "config_file": str(BUNDLE / "configs" / "inference.json"),
+            "bundle_root": str(BUNDLE),
+            "device": "cpu",
+            "base_channels": 8,
+        },
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "data shape of network is verified with no error" in done.stdout + done.stderr
+    assert "data shape of network is verified with no error" in out
 
 
 def test_ckpt_export_torchscript_equals_eager(tmp_path):
@@ -105,17 +115,19 @@ def test_ckpt_export_torchscript_equals_eager(tmp_path):
     torch.manual_seed(0)
     net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 8).eval()
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    done = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
-         "--ckpt_file", str(tmp_path / "model.pt"), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-         "--config_file", str(BUNDLE / "configs" / "inference.json"), "--bundle_root", str(BUNDLE),
-         "--base_channels", "8"],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
+    monai_bundle(
+        "ckpt_export",
+        "network_def",
         cwd=BUNDLE,
+        overrides={
+            "filepath": str(tmp_path / "model.ts"),
+            "ckpt_file": str(tmp_path / "model.pt"),
+            "meta_file": str(BUNDLE / "configs" / "metadata.json"),
+            "config_file": str(BUNDLE / "configs" / "inference.json"),
+            "bundle_root": str(BUNDLE),
+            "base_channels": 8,
+        },
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
@@ -245,17 +257,8 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
             except OSError:
                 time.sleep(0.1)
         downloads = tmp_path / "downloads"
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        done = subprocess.run(
-            [sys.executable, "-m", "monai.bundle", "download", "--name", NAME, "--bundle_dir", str(downloads),
-             "--url", f"http://127.0.0.1:{port}/{zip_path.name}"],  # fmt: skip
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        url = f"http://127.0.0.1:{port}/{zip_path.name}"
+        monai_bundle("download", "--name", NAME, "--bundle_dir", downloads, "--url", url, cwd=tmp_path)
     finally:
         server.kill()
         server.wait()
@@ -270,12 +273,7 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
     torch.save(C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict(), tmp_path / "w.pt")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               str(downloaded / "configs" / "inference.json")]  # fmt: skip
     overrides = {**TINY, "bundle_root": str(downloaded), "dataset_dir": str(dataset),
                  "ckpt_file": str(tmp_path / "w.pt"), "output_dir": str(tmp_path / "out")}  # fmt: skip
-    for key, value in overrides.items():
-        command += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    done = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    monai_bundle("run", "--config_file", downloaded / "configs" / "inference.json", cwd=elsewhere, overrides=overrides)
     assert len(list((tmp_path / "out" / "inference").glob("*_seg.nii.gz"))) == 1

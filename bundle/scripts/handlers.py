@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -45,5 +44,4 @@ class PerClassDice:
         text = ", ".join(f"{k} {v:.4f}" for k, v in report["per_class"].items())
         self.logger.info(f"validation Dice on {report['cases']} cases: mean {report['mean_dice']:.4f} ({text})")
         if self.output_file:
-            os.makedirs(os.path.dirname(os.path.abspath(self.output_file)), exist_ok=True)
-            atomic_write_json(self.output_file, report)
+            atomic_write_json(self.output_file, report)  # creates the folder too
