@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed
 LINTED := networks search tests benchmarks release.py bundle/scripts/__init__.py bundle/scripts/data.py \
 	bundle/scripts/transforms.py bundle/scripts/handlers.py
 
-.PHONY: setup demo test test-slow lint format release
+LABEL_VENV := .venv-label
+LABEL_STAMP := $(LABEL_VENV)/.installed
+
+.PHONY: setup label-setup demo test test-slow test-label lint format release
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# MONAI Label 0.8.5 beside monai 1.6.1 in its own environment (pins and why: requirements/label.txt; ~8 GB, since a
+# torchvision that imports needs torch 2.14.1's CUDA build, which also runs on the CPU).
+$(LABEL_STAMP): requirements/label.txt
+	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip install -q --upgrade pip==25.3
+	$(LABEL_VENV)/bin/python -m pip install -q -r requirements/label.txt
+	touch $(LABEL_STAMP)
+
+label-setup: $(LABEL_STAMP)
 
 # The main job on the embedded default data (see README): the whole C2FNAS chain with the CPU profile.
 BUNDLE_RUN := cd bundle && ../$(PY) -m monai.bundle run --config_file
@@ -37,6 +50,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory lint
+
+# The bundle in the real MONAI Label: Python API and a loopback server, on the CPU (run by CI after `make test`).
+test-label: $(LABEL_STAMP)
+	$(LABEL_VENV)/bin/python -m pytest tests/test_monailabel.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no test is marked slow

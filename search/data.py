@@ -16,6 +16,7 @@ from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
+from .distributed import all_reduce_sum
 from .space import rng
 
 __all__ = ["cached_dataset", "PatchStream", "DiceEvaluator"]
@@ -103,7 +104,9 @@ class DiceEvaluator:
     """Mean foreground Dice of a predictor on validation volumes, by sliding-window inference.
 
     The preprocessed volumes are read once (``cases``) and kept. The fitness is the mean over foreground classes of
-    the per-class Dice averaged over the cases where that class is present.
+    the per-class Dice averaged over the cases where that class is present. Under DDP each rank is given its own
+    share of the cases (possibly none) and the per-class sums and counts are added over ranks, so every rank gets
+    the Dice of the whole validation set.
 
     Args:
         cases: preprocessed validation cases (dicts with ``image`` ``(C, *S)`` and ``label`` ``(1, *S)``).
@@ -122,8 +125,6 @@ class DiceEvaluator:
         amp: bool = False,
     ):
         self.cases = [(_plain(case["image"]), _plain(case["label"])) for case in (cases[i] for i in range(len(cases)))]
-        if not self.cases:
-            raise ValueError("the validation set is empty: the search needs at least one validation case")
         self.num_classes, self.roi_size = num_classes, tuple(roi_size)
         self.sw_batch_size, self.overlap, self.device, self.amp = sw_batch_size, overlap, torch.device(device), amp
 
@@ -139,11 +140,13 @@ class DiceEvaluator:
             prediction = one_hot(logits.argmax(1, keepdim=True), self.num_classes)
             truth = one_hot(label[None].to(self.device).long(), self.num_classes)
             rows.append(compute_dice(prediction, truth, include_background=False, ignore_empty=True).cpu())
-        return torch.cat(rows).float()
+        return torch.cat(rows).float() if rows else torch.empty(0, self.num_classes - 1)
 
     def __call__(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> float:
-        per_class = self.per_class(predictor).nanmean(0)
-        per_class = torch.nan_to_num(per_class, nan=0.0)
+        per_case = self.per_class(predictor).double()
+        present = ~per_case.isnan()
+        totals = all_reduce_sum(torch.stack([torch.where(present, per_case, 0.0).sum(0), present.sum(0).double()]))
+        per_class = torch.where(totals[1] > 0, totals[0] / totals[1].clamp(min=1), 0.0)  # absent everywhere: 0
         return float(per_class.mean())
 
 

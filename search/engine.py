@@ -12,6 +12,7 @@ from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
 from ..networks import Architecture
+from .distributed import average_gradients
 
 __all__ = ["cosine_schedule", "create_supernet_trainer", "run_trainer"]
 
@@ -35,8 +36,9 @@ def create_supernet_trainer(
 ) -> Engine:
     """An ignite ``Engine`` whose step trains the single path ``sample_architecture(iteration)`` (0-based).
 
-    ``supernet`` is a ``C2FNASSupernet`` or a ``DistributedDataParallel`` around one; batches are dicts with
-    ``image`` ``(B, C, *S)`` and ``label`` ``(B, 1, *S)``. The step output is ``{"loss": float, "lr": float}``.
+    ``supernet`` is a ``C2FNASSupernet``; batches are dicts with ``image`` ``(B, C, *S)`` and ``label``
+    ``(B, 1, *S)``. Under DDP every rank samples the same path and the gradients are averaged over ranks before
+    the update, so the weights stay identical on all ranks. The step output is ``{"loss": float, "lr": float}``.
     """
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -50,6 +52,7 @@ def create_supernet_trainer(
         with torch.autocast(device.type, enabled=use_amp):
             loss = loss_function(supernet(image, arch), label)
         scaler.scale(loss).backward()
+        average_gradients(supernet)
         scaler.step(optimizer)
         scaler.update()
         lr = optimizer.param_groups[0]["lr"]

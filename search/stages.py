@@ -12,6 +12,11 @@ evolution with validation Dice (inherited weights) as fitness. Each writes, unde
 
 All random decisions are functions of ``(seed, what, when)`` (see ``space.rng``), so on CPU a killed and resumed
 search ends with the same architecture as an uninterrupted one.
+
+Under torchrun (a default process group is initialised), every rank trains the same sampled path on its own share
+of each batch (``batch_size`` per rank) with gradients averaged over ranks, and evaluates its share of the
+validation cases; fitness values and the result are taken from rank 0 and broadcast, and only rank 0 writes
+outputs, state, TensorBoard events and progress bars. A saved state resumes with the same number of ranks.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ..networks import OPS, Architecture, C2FNASSupernet, load_architecture, sav
 from ..networks.c2fnas import ArchLike, as_architecture
 from ..networks.fileio import atomic_torch_save, atomic_write_json
 from .data import DiceEvaluator, PatchStream, cached_dataset
+from .distributed import barrier, broadcast_object, rank_and_world_size
 from .engine import cosine_schedule, create_supernet_trainer, run_trainer
 from .evolution import AgingEvolution
 from .plots import plot_architecture, plot_fitness
@@ -68,6 +74,7 @@ class SearchStage:
         checkpoint_interval: iterations between saved states; checkpoint_candidates: evaluations between them.
         loss_function: default ``DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)``, as
             the bundle's training.
+        show_progress: progress bars and per-iteration logs (rank 0 only under DDP).
     """
 
     name = "stage"
@@ -104,6 +111,10 @@ class SearchStage:
         show_progress: bool = True,
     ):
         self.train_data, self.val_data = list(train_data), list(val_data)
+        if not self.val_data:
+            raise ValueError("the validation set is empty: the search needs at least one validation case")
+        self.rank, self.world_size = rank_and_world_size()
+        self.is_main = self.rank == 0
         self.preprocessing, self.augmentation = preprocessing, augmentation
         self.output_dir = Path(output_dir)
         self.in_channels, self.out_channels, self.base_channels = in_channels, out_channels, base_channels
@@ -121,8 +132,10 @@ class SearchStage:
         self.num_workers, self.cache_rate = num_workers, cache_rate
         self.checkpoint_interval, self.checkpoint_candidates = checkpoint_interval, checkpoint_candidates
         self.loss_function = loss_function or DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
-        self.show_progress = show_progress
+        self.show_progress = show_progress and self.is_main
         self.logger = logging.getLogger(f"c2fnas.search.{self.name}")
+        if not self.is_main:  # one log under DDP
+            self.logger.setLevel(logging.WARNING)
         self.progress: Dict[str, Any] = {}
         self._stream: Optional[PatchStream] = None
         self._evaluator: Optional[DiceEvaluator] = None
@@ -152,6 +165,7 @@ class SearchStage:
             "evolution": [self.population_size, self.sample_size, self.cycles],
             "seed": self.seed,
             "amp": self.amp,
+            "world_size": self.world_size,
         }
 
     # ------------------------------------------------------------------ data, evaluation, training
@@ -159,13 +173,16 @@ class SearchStage:
     def stream(self) -> PatchStream:
         if self._stream is None:
             cases = cached_dataset(self.train_data, self.preprocessing, self.cache_rate, self.num_workers)
-            self._stream = PatchStream(cases, self.augmentation, self.batch_size, self.seed, self.num_workers)
+            self._stream = PatchStream(
+                cases, self.augmentation, self.batch_size, self.seed, self.num_workers, self.rank, self.world_size
+            )
         return self._stream
 
     @property
     def evaluator(self) -> DiceEvaluator:
         if self._evaluator is None:
-            cases = cached_dataset(self.val_data, self.preprocessing, 1.0, self.num_workers)
+            share = self.val_data[self.rank :: self.world_size]  # this rank's validation cases
+            cases = cached_dataset(share, self.preprocessing, 1.0, self.num_workers)
             self._evaluator = DiceEvaluator(
                 cases, self.out_channels, self.roi_size, self.sw_batch_size, self.overlap, self.device, self.amp
             )
@@ -173,10 +190,11 @@ class SearchStage:
 
     @property
     def writer(self) -> Any:
+        """TensorBoard writer on rank 0; elsewhere one that writes nothing."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path("tensorboard")))
+            self._writer = SummaryWriter(log_dir=str(self.path("tensorboard"))) if self.is_main else _NoWriter()
         return self._writer
 
     def build_supernet(self, topologies: Sequence[Tuple[int, ...]], *key: object) -> C2FNASSupernet:
@@ -235,7 +253,7 @@ class SearchStage:
         if key not in cache:
             supernet.eval()
             path = supernet.path_network(arch)
-            cache[key] = self.evaluator(path)
+            cache[key] = broadcast_object(self.evaluator(path))  # rank 0's value decides on every rank
             record = {"context": context, "levels": list(arch.levels), "ops": list(arch.ops), "fitness": cache[key]}
             self.progress["evaluations"].append(record)
             self.writer.add_scalar(f"{self.name}/fitness", cache[key], len(self.progress["evaluations"]))
@@ -267,7 +285,9 @@ class SearchStage:
 
     # ------------------------------------------------------------------ state
     def save_state(self, **tensors: Any) -> None:
-        """Write the whole state atomically: settings, progress (JSON-able), tensors (state dicts), RNG."""
+        """Write the whole state atomically (rank 0): settings, progress (JSON-able), tensors (state dicts), RNG."""
+        if not self.is_main:
+            return
         payload = {"format": STATE_FORMAT, "settings": self.settings(), "progress": self.progress}
         payload["rng"] = {"torch": torch.get_rng_state()}
         for key, value in tensors.items():
@@ -307,7 +327,9 @@ class SearchStage:
 
     # ------------------------------------------------------------------ outputs
     def write_outputs(self, arch: Architecture, history: Dict[str, Any], groups: Optional[Dict] = None) -> None:
-        """The architecture file, the history and both pictures (each written atomically)."""
+        """The architecture file, the history and both pictures (each written atomically, by rank 0)."""
+        if not self.is_main:
+            return
         save_architecture(arch, self.path("arch"))
         atomic_write_json(self.path("history"), history)
         plot_fitness(
@@ -321,6 +343,8 @@ class SearchStage:
         self.writer.flush()
 
     def finish(self, arch: Architecture, history: Dict[str, Any], groups: Optional[Dict] = None) -> Architecture:
+        """Write the outputs and the finished state; every rank returns rank 0's architecture."""
+        arch = broadcast_object(arch)
         history.update(
             {
                 "stage": self.name,
@@ -332,6 +356,7 @@ class SearchStage:
         self.write_outputs(arch, history, groups)
         self.progress["done"] = True
         self.save_state()
+        barrier()  # the files exist before any rank goes on
         self.logger.info(f"{self.name} search result: {arch} -> {self.path('arch')}")
         return arch
 
@@ -348,6 +373,16 @@ class SearchStage:
 
     def run(self) -> Architecture:
         raise NotImplementedError
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's ``SummaryWriter`` on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 class CoarseSearch(SearchStage):

@@ -1,7 +1,71 @@
-"""Generated 3D tasks for the search tests."""
+"""Shared by the tests: generated 3D tasks for the search, and running the bundle's configs as a user does."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from monai.transforms import Compose, EnsureTyped, RandFlipd
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+TINY = {  # overrides that make every stage a few seconds on CPU
+    "base_channels": 4,
+    "roi_size": [32, 32, 32],
+    "pixdim": [2.0, 2.0, 2.0],
+    "num_workers": 0,
+    "num_samples": 1,
+    "sw_overlap": 0.25,
+    "num_clusters": 2,
+    "cluster_iterations": 3,
+    "score_samples": 1,
+    "op_samples": 1,
+    "population_size": 2,
+    "sample_size": 1,
+    "cycles": 1,
+    "fine_iterations": 3,
+    "max_epochs": 2,
+    "val_interval": 1,
+}
+
+
+# torchrun with 2 CPU processes (gloo)
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+def monai_bundle(command, *args, cwd, overrides=None, timeout=900, launcher=(sys.executable,)):
+    """``python -m monai.bundle COMMAND ARGS --key value ...`` in a fresh process from ``cwd``, without PYTHONPATH
+    (a bundle must find its own code); ``launcher`` may be ``TORCHRUN``. Asserts success and returns the output."""
+    argv = [*launcher, "-m", "monai.bundle", command, *map(str, args)]
+    for key, value in (overrides or {}).items():
+        text = value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)
+        argv += [f"--{key}", text]  # fire reads Python literals: True/False, not JSON's true/false
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if launcher == TORCHRUN:
+        env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def bundle_run(config_files, cwd, overrides, launcher=(sys.executable,)):
+    """``python -m monai.bundle run`` of this repository's bundle with ``config_files`` (names in bundle/configs, or
+    absolute paths) and overrides."""
+    paths = [f if os.path.isabs(str(f)) else BUNDLE / "configs" / f for f in config_files]
+    return monai_bundle(
+        "run",
+        "--config_file",
+        "[" + ",".join(f"'{p}'" for p in paths) + "]",
+        "--meta_file",
+        BUNDLE / "configs" / "metadata.json",
+        "--logging_file",
+        BUNDLE / "configs" / "logging.conf",
+        cwd=cwd,
+        overrides={"bundle_root": str(BUNDLE), **overrides},
+        launcher=launcher,
+    )
+
 
 SHORT, LONG = 10, 30  # rod lengths along the third axis
 
@@ -38,10 +102,7 @@ def array_transforms():
 
 def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **overrides):
     """A CoarseSearch or FineSearch on tiny rods data (F=4, 6 cells), small enough for tests on 2 CPU cores."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+    sys.path.insert(0, str(BUNDLE))
     from scripts.search import CoarseSearch, FineSearch
 
     preprocessing, augmentation = array_transforms()
@@ -70,9 +131,13 @@ def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **ove
 
 
 if __name__ == "__main__":  # python helpers.py STAGE OUTPUT_DIR [TOPOLOGY_FILE]: one small search, as a subprocess
-    import sys
-
-    import torch
+    import torch  # under torchrun each rank also writes the architecture it ends with to rank<R>.json
 
     torch.set_num_threads(1)
-    small_stage(sys.argv[1], sys.argv[2], topology=sys.argv[3] if len(sys.argv) > 3 else None).run()
+    distributed = "RANK" in os.environ
+    if distributed:
+        torch.distributed.init_process_group("gloo")
+    arch = small_stage(sys.argv[1], sys.argv[2], topology=sys.argv[3] if len(sys.argv) > 3 else None).run()
+    if distributed:
+        Path(sys.argv[2], f"rank{os.environ['RANK']}.json").write_text(json.dumps(arch.to_dict()))
+        torch.distributed.destroy_process_group()

@@ -1,63 +1,16 @@
 """The MONAI bundle: model-zoo acceptance checks and every stage config through `python -m monai.bundle run`."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import BUNDLE, TINY, bundle_run, monai_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundle"
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
-TINY = {  # overrides that make every stage a few seconds on CPU
-    "base_channels": 4,
-    "roi_size": [32, 32, 32],
-    "pixdim": [2.0, 2.0, 2.0],
-    "num_workers": 0,
-    "num_samples": 1,
-    "sw_overlap": 0.25,
-    "num_clusters": 2,
-    "cluster_iterations": 3,
-    "score_samples": 1,
-    "op_samples": 1,
-    "population_size": 2,
-    "sample_size": 1,
-    "cycles": 1,
-    "fine_iterations": 3,
-    "max_epochs": 2,
-    "val_interval": 1,
-}
-
-
-def monai_bundle(command, *args, cwd, overrides=None, timeout=900):
-    """``python -m monai.bundle COMMAND ARGS --key value ...`` in a fresh process from ``cwd``, without PYTHONPATH
-    (a bundle must find its own code); asserts success and returns the output."""
-    argv = [sys.executable, "-m", "monai.bundle", command, *map(str, args)]
-    for key, value in (overrides or {}).items():
-        argv += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
-
-
-def bundle_run(config_files, cwd, overrides):
-    """``python -m monai.bundle run`` of this repository's bundle with ``config_files`` and overrides."""
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / f}'" for f in config_files) + "]"
-    return monai_bundle(
-        "run",
-        "--config_file",
-        files,
-        "--meta_file",
-        BUNDLE / "configs" / "metadata.json",
-        "--logging_file",
-        BUNDLE / "configs" / "logging.conf",
-        cwd=cwd,
-        overrides={"bundle_root": str(BUNDLE), **overrides},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +230,36 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
                  "ckpt_file": str(tmp_path / "w.pt"), "output_dir": str(tmp_path / "out")}  # fmt: skip
     monai_bundle("run", "--config_file", downloaded / "configs" / "inference.json", cwd=elsewhere, overrides=overrides)
     assert len(list((tmp_path / "out" / "inference").glob("*_seg.nii.gz"))) == 1
+
+
+def test_training_resumes_after_sigkill(dataset, tmp_path):
+    """train.json killed (SIGKILL) after its second epoch continues from its saved state when run again."""
+    import signal
+    import time
+
+    out = tmp_path / "outputs"
+    overrides = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 5, "val_interval": 2}
+    argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json")]
+    argv += [x for k, v in {**overrides, "bundle_root": str(BUNDLE)}.items() for x in (f"--{k}", json.dumps(v))]
+    state_file = out / "models" / "training_state.pt"
+    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while process.poll() is None and time.time() < deadline:
+        if state_file.exists():
+            state = torch.load(state_file, weights_only=True)
+            if state["trainer"]["iteration"] >= 2 * state["trainer"]["epoch_length"]:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "killed during training"
+    killed_at = torch.load(state_file, weights_only=True)
+    assert not killed_at["finished"]
+    epoch = killed_at["trainer"]["iteration"] // killed_at["trainer"]["epoch_length"]
+    assert 2 <= epoch < 5 and (out / "models" / "model.pt").is_file()
+    log = bundle_run(["train.json"], tmp_path, overrides)
+    assert f"resuming training from {state_file} at epoch {epoch}/5" in log
+    assert f"Epoch[{epoch}] Complete" not in log and "Epoch[5] Complete" in log
+    final = torch.load(state_file, weights_only=True)
+    assert final["finished"] and final["trainer"]["iteration"] == 5 * final["trainer"]["epoch_length"]
+    assert final["best_model"]["best"] >= killed_at["best_model"]["best"]
+    assert not [p for p in (out / "models").iterdir() if p.name.startswith(".")]  # no half-written file

@@ -1,21 +1,59 @@
-"""Ignite handlers for the bundle's configs."""
+"""Ignite handlers for the bundle's configs: per-class Dice, the best model and a resumable training state, each
+written atomically and by rank 0 only under DDP."""
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+import math
+import os
+from typing import Any, Dict, Optional, Sequence
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
-from .networks.fileio import atomic_write_json
+from .networks.fileio import atomic_torch_save, atomic_write_json
 
-__all__ = ["PerClassDice"]
+__all__ = ["PerClassDice", "BestModelSaver", "ResumableTraining"]
+
+
+def _unwrap(obj: Any) -> Any:
+    """The module inside a ``DistributedDataParallel``; anything else as is."""
+    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+
+
+class BestModelSaver:
+    """After each evaluation, save ``network``'s state_dict (tensors only) to ``path`` when the key metric beats the
+    best so far (rank 0, atomic). Its ``best`` value is part of ``ResumableTraining``'s state."""
+
+    def __init__(self, network: torch.nn.Module, path: str):
+        self.network, self.path = network, path
+        self.best = -math.inf
+        self.logger = logging.getLogger("c2fnas.checkpoint")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        metric = engine.state.metrics.get(engine.state.key_metric_name)
+        if metric is None or not metric > self.best:
+            return
+        self.best = float(metric)
+        if idist.get_rank() == 0:
+            atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
+            self.logger.info(f"best {engine.state.key_metric_name} {metric:.4f}: saved {self.path}")
+
+    def state_dict(self) -> Dict[str, float]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Dict[str, float]) -> None:
+        self.best = float(state["best"])
 
 
 class PerClassDice:
     """After each evaluation, log the Dice of every foreground class (mean over the cases where it is present) and,
-    when ``output_file`` is given, write them as JSON.
+    when ``output_file`` is given, write them as JSON (rank 0 under DDP).
 
     Reads ``engine.state.metric_details[metric_name]`` (``(cases, classes)``, from a MONAI ``MeanDice`` with
     ``include_background=False`` and ``save_details=True``).
@@ -43,5 +81,51 @@ class PerClassDice:
         }
         text = ", ".join(f"{k} {v:.4f}" for k, v in report["per_class"].items())
         self.logger.info(f"validation Dice on {report['cases']} cases: mean {report['mean_dice']:.4f} ({text})")
-        if self.output_file:
+        if self.output_file and idist.get_rank() == 0:  # one writer under DDP (the details are gathered)
             atomic_write_json(self.output_file, report)  # creates the folder too
+
+
+class ResumableTraining:
+    """The whole training state saved to ``path`` after every ``interval`` epochs and at the end (rank 0, atomic):
+    ``objects`` (network, optimizer, LR scheduler, the best model's score...) plus the progress of the trainer it
+    is attached to. When ``path`` holds an unfinished run as training starts, every rank loads it (``weights_only``)
+    and training continues from its epoch, so a killed run resumes by running the same command again. After a
+    finished run the same command trains anew (as MONAI Label's repeated training expects); delete ``path`` to
+    start over early."""
+
+    def __init__(self, path: str, objects: Dict[str, Any], interval: int = 1):
+        self.path, self.objects, self.interval = path, dict(objects), interval
+        self.logger = logging.getLogger("c2fnas.checkpoint")
+
+    def attach(self, engine: Engine) -> None:
+        self.objects.setdefault("trainer", engine)
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, lambda e: self.save(e, finished=True))
+
+    def _states(self) -> Dict[str, Any]:
+        return {k: _unwrap(v).state_dict() for k, v in self.objects.items()}
+
+    def save(self, engine: Engine, finished: bool = False) -> None:
+        if idist.get_rank() == 0:
+            atomic_torch_save({**self._states(), "finished": finished}, self.path)
+
+    def load(self, engine: Engine) -> None:
+        if not os.path.isfile(self.path):
+            return
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"{self.path}: cannot read the training state ({e}); delete it to start over") from e
+        if state.get("finished") is True:
+            return
+        missing = sorted((set(self.objects) | {"finished"}) - set(state))
+        if missing:
+            raise RuntimeError(f"{self.path}: not a training state of this config (no {', '.join(missing)})")
+        max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects({k: _unwrap(v) for k, v in self.objects.items()}, state)
+        except RuntimeError as e:  # e.g. another architecture: name the file
+            raise RuntimeError(f"{self.path}: does not fit this training ({e}); delete it to start over") from e
+        engine.state.max_epochs = max_epochs
+        self.logger.info(f"resuming training from {self.path} at epoch {engine.state.epoch}/{max_epochs}")

@@ -1,0 +1,148 @@
+"""torchrun (DDP, 2 CPU processes with gloo) for every stage: the bundle's multi_gpu_*.json overrides and the search
+engine itself, including a SIGKILL and resume under DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import BUNDLE, TINY, TORCHRUN, bundle_run
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from scripts.data import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "msd", num_cases=6, num_test=1)
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj, indent=4))
+    return path
+
+
+def test_search_stages_under_torchrun(dataset, tmp_path):
+    """Both search stages with 2 ranks: one result file, and every rank ends with that architecture."""
+    out = tmp_path / "outputs"
+    common = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "cluster_iterations": 4}
+    per_rank = _write(  # each rank also saves the architecture its searcher returned
+        tmp_path / "per_rank.json",
+        {"run": ["$torch.save(@searcher.run().to_dict(), @search_dir + '/rank' + os.environ['RANK'] + '.pt')"]},
+    )
+    for stage in ["coarse", "fine"]:
+        log = bundle_run([f"search_{stage}.json", "multi_gpu_search.json", per_rank], tmp_path, common, TORCHRUN)
+        search = out / "search"
+        result = json.loads((search / f"arch_{stage}.json").read_text())
+        ranks = [torch.load(search / f"rank{r}.pt", weights_only=True) for r in range(2)]
+        assert ranks[0] == ranks[1]
+        assert ranks[0]["levels"] == result["levels"] and ranks[0].get("ops") == result.get("ops")
+        assert len(list((search / "tensorboard" / stage).iterdir())) == 1, "one TensorBoard writer (rank 0)"
+        assert log.count(f"{stage} search result") == 1, "one log of the result (rank 0)"
+        history = json.loads((search / f"search_{stage}_history.json").read_text())
+        assert history["settings"]["world_size"] == 2
+    assert json.loads((out / "search" / "arch_fine.json").read_text())["levels"] == result["levels"]
+
+
+def _train(dataset, cwd, out, launcher, extra_configs, **overrides):
+    """train.json on the 4 training cases, one deterministic 32³ centre crop each, Dice computed per sample, and
+    the final weights saved by every rank to ``out/final<RANK>.pt``."""
+    save = _write(
+        cwd / f"save_final_{len(extra_configs)}.json",
+        {
+            "finalize": [
+                "$torch.save((@network.module if hasattr(@network, 'module') else @network).state_dict(), "
+                "@output_dir + '/final' + os.environ.get('RANK', '0') + '.pt')",
+                "$torch.distributed.is_initialized() and torch.distributed.destroy_process_group()",
+            ]
+        },
+    )
+    crop = [{"_target_": "CenterSpatialCropd", "keys": ["image", "label"], "roi_size": [32, 32, 32]}]
+    settings = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
+                "train#random_transforms": crop, "loss#batch": False, "train#dataloader#shuffle": False,
+                "max_epochs": 2, "val_interval": 2, **overrides}  # fmt: skip
+    return bundle_run(["train.json", *extra_configs, save], cwd, settings, launcher)
+
+
+def test_ddp_training_matches_single_process(dataset, tmp_path):
+    """Global batch 4: one process with batch 4 and 2 ranks with batch 2 each (learning rate given as half, since
+    multi_gpu_train.json scales it by the world size) make the same updates, and both ranks end identical."""
+    from monai.utils import set_determinism
+    from scripts.networks import C2FNASNet
+
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    _train(dataset, tmp_path, single, (sys.executable,), [], batch_size=4, learning_rate=0.02)
+    log = _train(dataset, tmp_path, ddp, TORCHRUN, ["multi_gpu_train.json"], batch_size=2, learning_rate=0.01,
+                 **{"train#sampler#shuffle": False})  # fmt: skip
+    rank0, rank1 = (torch.load(ddp / f"final{r}.pt", weights_only=True) for r in range(2))
+    reference = torch.load(single / "final0.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in reference), "ranks differ"
+    set_determinism(seed=0)  # the bundle's initial weights (train.json's seed)
+    initial = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict()
+    set_determinism(seed=None)
+    update_single = torch.cat([(reference[k] - initial[k]).flatten() for k in reference])
+    update_ddp = torch.cat([(rank0[k] - initial[k]).flatten() for k in reference])
+    error = float((update_ddp - update_single).norm() / update_single.norm())
+    assert update_single.norm() > 1e-2 and error < 1e-3, f"relative difference of the updates: {error:.2e}"
+    assert log.count("validation Dice on 2 cases") == 1, "validation gathers both ranks' cases and logs once"
+    assert (ddp / "models" / "model.pt").is_file()
+
+
+def test_ddp_evaluation_equals_single_process(dataset, tmp_path):
+    from scripts.networks import C2FNASNet
+
+    torch.manual_seed(0)
+    torch.save(C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict(), tmp_path / "w.pt")
+    reports = []
+    for name, launcher, extra in [("single", (sys.executable,), []), ("ddp", TORCHRUN, ["multi_gpu_evaluate.json"])]:
+        out = tmp_path / name
+        overrides = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
+                     "ckpt_file": str(tmp_path / "w.pt")}  # fmt: skip
+        bundle_run(["train.json", "evaluate.json", *extra], tmp_path, overrides, launcher)
+        reports.append(json.loads((out / "eval" / "dice_per_class.json").read_text()))
+    assert reports[0]["cases"] == reports[1]["cases"] == 2
+    assert reports[1]["per_class"] == pytest.approx(reports[0]["per_class"], abs=1e-6)
+
+
+def _torchrun_search(out, kill_when=None):
+    """The small coarse search of helpers.py under torchrun (2 ranks); with ``kill_when(progress)`` the whole
+    process group gets SIGKILL once the saved state satisfies it. Returns whether it ran to the end."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*TORCHRUN, str(TESTS / "helpers.py"), "coarse", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    state_file = Path(out) / "search_coarse_state.pt"
+    deadline = time.time() + 600
+    while process.poll() is None and time.time() < deadline:
+        if kill_when is not None and state_file.exists():
+            if kill_when(torch.load(state_file, weights_only=True)["progress"]):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return False
+        time.sleep(0.05)
+    assert process.wait(timeout=60) == 0, process.stderr.read().decode()[-3000:]
+    return True
+
+
+def test_search_resumes_under_torchrun_after_sigkill(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert _torchrun_search(reference)
+    assert not _torchrun_search(killed, kill_when=lambda p: p["cluster"] == 1 and p["iteration"] >= 5)
+    assert _torchrun_search(killed)
+    arch = json.loads((reference / "arch_coarse.json").read_text())
+    for out in [reference, killed]:
+        ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+        assert ranks[0]["levels"] == ranks[1]["levels"] == arch["levels"]
+    expected = json.loads((reference / "search_coarse_history.json").read_text())
+    resumed = json.loads((killed / "search_coarse_history.json").read_text())
+    assert resumed["clusters"] == expected["clusters"] and resumed["evolution"] == expected["evolution"]
