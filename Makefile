@@ -5,8 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-LINTED := networks search tests benchmarks release.py bundle/scripts/__init__.py bundle/scripts/data.py \
-	bundle/scripts/transforms.py bundle/scripts/handlers.py
+LINTED := networks search tests benchmarks release.py $(wildcard bundle/scripts/*.py)
 
 LABEL_VENV := .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed

@@ -3,6 +3,8 @@
 The zip holds one top folder named after the bundle (as ``monai.bundle download --url`` expects) with configs,
 docs, models, LICENSE and the custom code (``scripts/``, with ``networks`` and ``search`` copied in, not linked).
 Its bytes are deterministic: sorted entries, fixed timestamps and permissions, no caches or run outputs.
+As model-zoo's release does, the files listed in ``large_files.yml`` go into the zip and the list itself does not;
+each must be present and match its recorded hash, or no zip is written.
 
     python release.py [--bundle_dir bundle] [--dist_dir dist]
 """
@@ -20,7 +22,8 @@ from typing import Iterator, Tuple
 from networks.fileio import atomic_write
 
 NAME = "pancreas_ct_c2fnas_segmentation"
-INCLUDE = ("LICENSE", "configs", "docs", "models", "scripts", "large_files.yml")
+INCLUDE = ("LICENSE", "configs", "docs", "models", "scripts")
+LARGE_FILES = "large_files.yml"
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -43,8 +46,31 @@ def bundle_files(bundle_dir: Path) -> Iterator[Tuple[str, Path]]:
     return iter(sorted(found))
 
 
+class ReleaseError(RuntimeError):
+    """The bundle cannot be released as it is (a large file is missing or does not match its hash)."""
+
+
+def verify_large_files(bundle_dir: Path) -> None:
+    """Check every entry of ``large_files.yml`` (``path``, ``url``, ``hash_val``, ``hash_type``) against the file."""
+    listing = bundle_dir / LARGE_FILES
+    if not listing.is_file():
+        return
+    import yaml
+
+    for entry in yaml.safe_load(listing.read_text())["large_files"]:
+        path = bundle_dir / entry["path"]
+        if not path.is_file():
+            raise ReleaseError(f"{listing}: {entry['path']} is missing; fetch it from {entry['url']}")
+        actual = hashlib.new(entry.get("hash_type", "md5"), path.read_bytes()).hexdigest()
+        if entry.get("hash_val") and actual != entry["hash_val"]:
+            raise ReleaseError(
+                f"{listing}: {entry['path']} has {entry.get('hash_type', 'md5')} {actual}, not {entry['hash_val']}"
+            )
+
+
 def build(bundle_dir: Path, dist_dir: Path) -> Tuple[Path, str]:
     """Write the zip atomically; return its path and sha1."""
+    verify_large_files(bundle_dir)
     version = json.loads((bundle_dir / "configs" / "metadata.json").read_text())["version"]
     target = dist_dir / f"{NAME}_v{version}.zip"
 

@@ -1,9 +1,12 @@
 """Shared by the tests: generated 3D tasks for the search, and running the bundle's configs as a user does."""
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,31 @@ def bundle_run(config_files, cwd, overrides, launcher=(sys.executable,)):
 
 
 SHORT, LONG = 10, 30  # rod lengths along the third axis
+
+
+@contextlib.contextmanager
+def http_server(directory):
+    """``python -m http.server`` on 127.0.0.1 serving ``directory``; yields its base URL, stops it afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
 
 
 def rods_case(seed: int, shape=(16, 16, 64), rods: int = 3, radius2: int = 3, noise: float = 0.1) -> dict:

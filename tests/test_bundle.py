@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BUNDLE, TINY, bundle_run, monai_bundle
+from helpers import BUNDLE, TINY, bundle_run, http_server, monai_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
@@ -24,7 +24,9 @@ def dataset(tmp_path_factory):
 def test_required_files_and_version():
     for name in ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
                  "configs/evaluate.json", "configs/search_coarse.json", "configs/search_fine.json",
-                 "configs/logging.conf", "configs/cpu_profile.json", "models/architecture.json",
+                 "configs/logging.conf", "configs/cpu_profile.json", "configs/multi_gpu_train.json",
+                 "configs/multi_gpu_evaluate.json", "configs/multi_gpu_search.json", "models/architecture.json",
+                 "models/model.pt", "large_files.yml",
                  "docs/README.md", "docs/data_license.txt", "docs/architecture.png"]:  # fmt: skip
         assert (BUNDLE / name).is_file(), name
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
@@ -61,26 +63,35 @@ def test_verify_net_in_out():
     assert "data shape of network is verified with no error" in out
 
 
-def test_ckpt_export_torchscript_equals_eager(tmp_path):
-    sys.path.insert(0, str(BUNDLE))
+def test_shipped_weights_fit_the_shipped_architecture():
+    """models/model.pt: tensors only (weights_only), on the CPU, and strictly C2FNAS-Panc at F = 32."""
     from scripts.networks import C2FNASNet
 
-    torch.manual_seed(0)
-    net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 8).eval()
-    torch.save(net.state_dict(), tmp_path / "model.pt")
+    state = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in state.values())
+    net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 32)
+    net.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in net.parameters()) == 15_400_771
+
+
+def test_ckpt_export_torchscript_equals_eager(tmp_path):
+    """model-zoo's TorchScript check on the shipped weights: the exported module computes what the eager one does."""
+    from scripts.networks import C2FNASNet
+
     monai_bundle(
         "ckpt_export",
         "network_def",
         cwd=BUNDLE,
         overrides={
             "filepath": str(tmp_path / "model.ts"),
-            "ckpt_file": str(tmp_path / "model.pt"),
+            "ckpt_file": str(BUNDLE / "models" / "model.pt"),
             "meta_file": str(BUNDLE / "configs" / "metadata.json"),
             "config_file": str(BUNDLE / "configs" / "inference.json"),
             "bundle_root": str(BUNDLE),
-            "base_channels": 8,
         },
     )
+    net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 32).eval()
+    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", weights_only=True))
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
@@ -169,17 +180,7 @@ def test_synthetic_case_is_ct_like():
     assert set(label.ravel().tolist()) <= {0, 1, 2}
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
-    import socket
-    import time
     import zipfile
 
     sys.path.insert(0, str(ROOT))
@@ -191,45 +192,30 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
     names = zipfile.ZipFile(zip_path).namelist()
     assert all(n.startswith(f"{NAME}/") for n in names)
     for needed in ["configs/metadata.json", "configs/inference.json", "LICENSE", "models/architecture.json",
-                   "scripts/__init__.py", "scripts/networks/c2fnas.py", "scripts/search/stages.py"]:  # fmt: skip
+                   "models/model.pt", "scripts/__init__.py", "scripts/networks/c2fnas.py",
+                   "scripts/search/stages.py"]:  # fmt: skip
         assert f"{NAME}/{needed}" in names, needed
+    assert f"{NAME}/large_files.yml" not in names  # as model-zoo releases: the listed files are inside
     assert not [n for n in names if "__pycache__" in n or "/outputs/" in n or "/data/" in n]
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        cwd=zip_path.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        downloads = tmp_path / "downloads"
-        url = f"http://127.0.0.1:{port}/{zip_path.name}"
+    downloads = tmp_path / "downloads"
+    with http_server(zip_path.parent) as base:
+        url = f"{base}/{zip_path.name}"
         monai_bundle("download", "--name", NAME, "--bundle_dir", downloads, "--url", url, cwd=tmp_path)
-    finally:
-        server.kill()
-        server.wait()
     downloaded = downloads / NAME
     assert (downloaded / "scripts" / "networks" / "c2fnas.py").is_file()
     assert not (downloaded / "scripts" / "networks").is_symlink()
 
-    sys.path.insert(0, str(BUNDLE))
-    from scripts.networks import C2FNASNet
-
-    torch.manual_seed(0)
-    torch.save(C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict(), tmp_path / "w.pt")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    overrides = {**TINY, "bundle_root": str(downloaded), "dataset_dir": str(dataset),
-                 "ckpt_file": str(tmp_path / "w.pt"), "output_dir": str(tmp_path / "out")}  # fmt: skip
+    elsewhere.mkdir()  # the downloaded bundle as shipped: its own weights, default settings
+    overrides = {"bundle_root": str(downloaded), "dataset_dir": str(dataset), "output_dir": str(tmp_path / "out")}
     monai_bundle("run", "--config_file", downloaded / "configs" / "inference.json", cwd=elsewhere, overrides=overrides)
-    assert len(list((tmp_path / "out" / "inference").glob("*_seg.nii.gz"))) == 1
+    (seg,) = (tmp_path / "out" / "inference").glob("*_seg.nii.gz")
+    import nibabel as nib
+
+    assert 1 in set(
+        nib.load(str(seg)).get_fdata().astype(int).ravel().tolist()
+    ), "the shipped weights find the pancreas"
 
 
 def test_training_resumes_after_sigkill(dataset, tmp_path):
@@ -263,3 +249,64 @@ def test_training_resumes_after_sigkill(dataset, tmp_path):
     assert final["finished"] and final["trainer"]["iteration"] == 5 * final["trainer"]["epoch_length"]
     assert final["best_model"]["best"] >= killed_at["best_model"]["best"]
     assert not [p for p in (out / "models").iterdir() if p.name.startswith(".")]  # no half-written file
+
+
+def test_large_files_are_downloaded_with_their_hash_checked(tmp_path):
+    """`monai.bundle download_large_files` over large_files.yml (URL pointed at a loopback server): the real file
+    arrives; a corrupted one is rejected with a hash error and nothing is left at the target path."""
+    import shutil
+
+    import yaml
+
+    listing = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    assert [e["path"] for e in listing] == ["models/model.pt"] and listing[0]["hash_type"] == "sha256"
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(BUNDLE / "models" / "model.pt", served / "model.pt")
+    corrupted = bytearray((served / "model.pt").read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    (served / "corrupted.pt").write_bytes(bytes(corrupted))
+    with http_server(served) as base:
+        for name, ok in [("model.pt", True), ("corrupted.pt", False)]:
+            bundle = tmp_path / name
+            bundle.mkdir()
+            entry = {**listing[0], "url": f"{base}/{name}"}
+            (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": [entry]}))
+            argv = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            target = bundle / "models" / "model.pt"
+            if ok:
+                assert done.returncode == 0, done.stderr[-2000:]
+                assert target.read_bytes() == (BUNDLE / "models" / "model.pt").read_bytes()
+            else:
+                assert done.returncode != 0 and "hash check of downloaded file failed" in done.stderr
+                assert not target.exists()
+
+
+def test_release_checks_large_files_and_leaves_out_their_list(tmp_path):
+    import hashlib
+    import shutil
+    import zipfile
+
+    import yaml
+
+    sys.path.insert(0, str(BUNDLE.parent))
+    from release import NAME, ReleaseError, build
+
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    entry = {"path": "models/model.pt", "url": "https://example.org/model.pt", "hash_type": "sha256"}
+    for hash_val, ok in [("0" * 64, False), (hashlib.sha256(b"weights").hexdigest(), True)]:
+        (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": [{**entry, "hash_val": hash_val}]}))
+        if not ok:
+            with pytest.raises(ReleaseError, match=r"large_files.yml: models/model.pt has sha256 \w+, not 0+"):
+                build(bundle, tmp_path / "dist")
+            assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+        else:
+            names = zipfile.ZipFile(build(bundle, tmp_path / "dist")[0]).namelist()
+            assert f"{NAME}/models/model.pt" in names and f"{NAME}/large_files.yml" not in names
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(ReleaseError, match="models/model.pt is missing; fetch it from https://example.org/model.pt"):
+        build(bundle, tmp_path / "dist")

@@ -14,11 +14,18 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["DatasetError", "ensure_dataset", "split_datalist", "test_datalist", "generate_synthetic_dataset"]
+__all__ = [
+    "DatasetError",
+    "ensure_dataset",
+    "check_case",
+    "split_datalist",
+    "test_datalist",
+    "generate_synthetic_dataset",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,12 +66,64 @@ def _resolve(dataset_dir: Path, relative: str, source: Path, what: str) -> str:
     return str(path)
 
 
+def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(voxels, affine)`` of a NIfTI file, read completely (a truncated file fails here, not mid-training)."""
+    import nibabel as nib
+
+    try:
+        volume = nib.load(path)
+        return np.asanyarray(volume.dataobj), volume.affine
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({type(e).__name__}: {reason})") from None
+
+
+_CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times) of the cases that passed, in this process
+
+
+def check_case(image: str, label: Optional[str] = None, num_classes: int = 3) -> None:
+    """Read one case and raise ``DatasetError`` naming the file when: it cannot be read (missing, truncated, not
+    NIfTI); it is not one 3D channel; it holds NaN or Inf; the label has values outside ``0..num_classes - 1``;
+    image and label differ in shape or affine."""
+    paths = (image,) if label is None else (image, label)
+    key = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if os.path.exists(p))
+    if _CHECKED.get(key):
+        return
+    volumes = {}
+    for path, what in zip(paths, ("image", "label")):
+        voxels, affine = _load_volume(path, what)
+        if voxels.ndim == 4 and voxels.shape[3] == 1:
+            voxels = voxels[..., 0]
+        if voxels.ndim != 3:
+            raise DatasetError(f"{path}: {what} has shape {voxels.shape}; one 3D channel is expected")
+        if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
+            raise DatasetError(f"{path}: {what} holds {int((~np.isfinite(voxels)).sum())} NaN or Inf voxels")
+        volumes[what] = voxels, affine
+    if label is not None:
+        (voxels, affine), (image_voxels, image_affine) = volumes["label"], volumes["image"]
+        bad = (voxels < 0) | (voxels > num_classes - 1) | (voxels != np.round(voxels))
+        if bad.any():
+            values = sorted(set(np.unique(voxels[bad]).tolist()))[:5]
+            raise DatasetError(f"{label}: label values must be 0..{num_classes - 1}; found {values}")
+        if voxels.shape != image_voxels.shape:
+            raise DatasetError(f"{label}: label shape {voxels.shape} differs from image {image} {image_voxels.shape}")
+        if not np.allclose(affine, image_affine, atol=1e-3):
+            raise DatasetError(f"{label}: label affine differs from image {image}; both must share one voxel grid")
+    _CHECKED[key] = True
+
+
 def split_datalist(
-    dataset_dir: PathLike, split: str = "training", val_fraction: float = 0.2, seed: int = 0, max_cases: int = 0
+    dataset_dir: PathLike,
+    split: str = "training",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_cases: int = 0,
+    check: bool = True,
 ) -> List[Dict[str, str]]:
     """The ``training`` or ``validation`` part of a seeded split of the MSD ``training`` pairs (absolute paths).
 
-    ``max_cases`` > 0 keeps only the first cases of the split (quick runs).
+    ``max_cases`` > 0 keeps only the first cases of the split (quick runs). With ``check``, every case of the part
+    is read once and checked (``check_case``) before anything else runs, so bad data fails at once with its name.
     """
     if split not in ("training", "validation"):
         raise ValueError(f"split must be 'training' or 'validation', got {split!r}")
@@ -91,19 +150,29 @@ def split_datalist(
             "add cases or change val_fraction"
         )
     data = [pairs[i] for i in sorted(chosen)]
-    return data[:max_cases] if max_cases > 0 else data
+    data = data[:max_cases] if max_cases > 0 else data
+    for item in data if check else []:
+        check_case(item["image"], item["label"])
+    return data
 
 
-def test_datalist(dataset_dir: PathLike) -> List[Dict[str, str]]:
-    """Images to segment: the ``test`` list of dataset.json, else every ``imagesTs/*.nii.gz``."""
+def test_datalist(dataset_dir: PathLike, check: bool = True) -> List[Dict[str, str]]:
+    """Images to segment: the ``test`` list of dataset.json, else every ``imagesTs/*.nii.gz`` (each checked with
+    ``check_case`` when ``check``)."""
     dataset_dir = Path(dataset_dir)
     meta = _read_dataset_json(dataset_dir)
     source = dataset_dir / "dataset.json"
     tests = meta.get("test")
     if tests:
         images = [t["image"] if isinstance(t, dict) else t for t in tests]
-        return [{"image": _resolve(dataset_dir, i, source, "test image")} for i in images]
-    return [{"image": str(p.resolve())} for p in sorted((dataset_dir / "imagesTs").glob("*.nii*"))]
+        data = [{"image": _resolve(dataset_dir, i, source, "test image")} for i in images]
+    else:
+        data = [{"image": str(p.resolve())} for p in sorted((dataset_dir / "imagesTs").glob("*.nii*"))]
+    if not data:
+        raise DatasetError(f"{source}: no test images (no 'test' list and nothing in {dataset_dir / 'imagesTs'})")
+    for item in data if check else []:
+        check_case(item["image"])
+    return data
 
 
 # ---------------------------------------------------------------------------- synthetic data

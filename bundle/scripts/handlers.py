@@ -15,12 +15,67 @@ from ignite.handlers import Checkpoint
 
 from .networks.fileio import atomic_torch_save, atomic_write_json
 
-__all__ = ["PerClassDice", "BestModelSaver", "ResumableTraining"]
+__all__ = ["WeightsError", "WeightsLoader", "PerClassDice", "BestModelSaver", "ResumableTraining"]
+
+
+class WeightsError(RuntimeError):
+    """A weights file cannot be read or does not fit the network; the message names the file."""
 
 
 def _unwrap(obj: Any) -> Any:
     """The module inside a ``DistributedDataParallel``; anything else as is."""
     return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+
+
+def _listed(names: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+class WeightsLoader:
+    """When the engine starts, load the weights file ``path`` into ``network``, strictly and ``weights_only``.
+
+    The file holds a state_dict of tensors (or ``{"model": state_dict}``). A missing or unreadable file, or weights
+    of another architecture or width, raise one ``WeightsError`` that names the file and the mismatching keys.
+    """
+
+    def __init__(self, path: str, network: torch.nn.Module, map_location: Any = "cpu"):
+        self.path, self.network, self.map_location = str(path), network, map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Optional[Engine] = None) -> None:
+        if not os.path.isfile(self.path):
+            raise WeightsError(f"{self.path}: weights file does not exist (give --ckpt_file)")
+        try:
+            state = torch.load(self.path, map_location=self.map_location, weights_only=True)
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise WeightsError(f"{self.path}: cannot read weights ({type(e).__name__}: {reason})") from None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsError(f"{self.path}: not a state_dict of tensors")
+        expected = _unwrap(self.network).state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        shapes = [
+            f"{k} {tuple(state[k].shape)} (network {tuple(v.shape)})"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
+        problems = [
+            f"{title}: {_listed(keys)}"
+            for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("other shapes", shapes))
+            if keys
+        ]
+        if problems:
+            raise WeightsError(
+                f"{self.path}: the weights do not fit the network (check --arch_file and --base_channels); "
+                + "; ".join(problems)
+            )
+        _unwrap(self.network).load_state_dict(state, strict=True)
 
 
 class BestModelSaver:
