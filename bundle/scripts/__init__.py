@@ -13,6 +13,12 @@ import sys
 INPUT_ERRORS = {"DatasetError", "SettingsError", "WeightsError", "ArchitectureError", "SearchStateError"}
 
 
+def one_line(error: BaseException) -> str:
+    """``"<type>: <first line of the message>"``, for an error quoted inside another one-line message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def input_error(error):
     """The first bad-input error in ``error``'s chain of causes, or None."""
     seen = set()

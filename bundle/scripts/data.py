@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from . import one_line
+
 __all__ = [
     "DatasetError",
     "ensure_dataset",
@@ -74,8 +76,7 @@ def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
         volume = nib.load(path)
         return np.asanyarray(volume.dataobj), volume.affine
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({type(e).__name__}: {reason})") from None
+        raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({one_line(e)})") from None
 
 
 _CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times) of the cases that passed, in this process

@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from . import one_line
 from .networks.fileio import atomic_torch_save, atomic_write_json
 
 __all__ = ["WeightsError", "WeightsLoader", "PerClassDice", "BestModelSaver", "ResumableTraining"]
@@ -51,8 +52,7 @@ class WeightsLoader:
         try:
             state = torch.load(self.path, map_location=self.map_location, weights_only=True)
         except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise WeightsError(f"{self.path}: cannot read weights ({type(e).__name__}: {reason})") from None
+            raise WeightsError(f"{self.path}: cannot read weights ({one_line(e)})") from None
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -171,16 +171,18 @@ class ResumableTraining:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise RuntimeError(f"{self.path}: cannot read the training state ({e}); delete it to start over") from e
+            raise WeightsError(f"{self.path}: cannot read the training state ({one_line(e)}); delete it to start over")
+        if not isinstance(state, dict):
+            raise WeightsError(f"{self.path}: not a training state (a dict of state dicts)")
         if state.get("finished") is True:
             return
         missing = sorted((set(self.objects) | {"finished"}) - set(state))
         if missing:
-            raise RuntimeError(f"{self.path}: not a training state of this config (no {', '.join(missing)})")
+            raise WeightsError(f"{self.path}: not a training state of this config (no {', '.join(missing)})")
         max_epochs = engine.state.max_epochs
         try:
             Checkpoint.load_objects({k: _unwrap(v) for k, v in self.objects.items()}, state)
         except RuntimeError as e:  # e.g. another architecture: name the file
-            raise RuntimeError(f"{self.path}: does not fit this training ({e}); delete it to start over") from e
+            raise WeightsError(f"{self.path}: does not fit this training ({one_line(e)}); delete it to start over")
         engine.state.max_epochs = max_epochs
         self.logger.info(f"resuming training from {self.path} at epoch {engine.state.epoch}/{max_epochs}")
