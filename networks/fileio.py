@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -10,16 +11,26 @@ from typing import Any, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "remove_stale_temporaries"]
+
+
+def remove_stale_temporaries(path: PathLike) -> None:
+    """Remove the temporary files of ``path`` that a writer killed mid-write left behind (SIGKILL skips all
+    clean-up). Every file here has one writer at a time (rank 0 under DDP), so none of them is in use."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    The parent directory is created if needed. If ``write`` raises, ``path`` is left untouched.
+    The parent directory is created if needed. If ``write`` raises, ``path`` is left untouched. Temporary files
+    of ``path`` left by a killed writer are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:

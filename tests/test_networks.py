@@ -1,5 +1,6 @@
 """C2FNASNet: ops, arbitrary topologies, gradients, TorchScript, memory format and complexity figures."""
 
+import json
 import random
 import subprocess
 import sys
@@ -159,3 +160,16 @@ def test_cli_prints_parameter_count():
     ).stdout
     assert "parameters    15,400,771 (15.40 M)   [paper: 17.02 M, unverified]" in out
     assert "MACs          158.3 G per 96^3 window" in out
+
+
+def test_atomic_write_replaces_and_clears_what_a_killed_writer_left(tmp_path):
+    from networks.fileio import atomic_write_json
+
+    target = tmp_path / "result.json"
+    stale = tmp_path / ".result.json.x1y2.tmp"  # as left by a writer killed between write and rename
+    stale.write_text("{half")
+    other = tmp_path / ".other.json.x1y2.tmp"
+    other.write_text("{")
+    atomic_write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1} and oct(target.stat().st_mode & 0o777) == "0o644"
+    assert not stale.exists() and other.exists()  # only the target's own leftovers are removed

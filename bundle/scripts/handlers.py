@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from . import one_line
-from .networks.fileio import atomic_torch_save, atomic_write_json
+from .networks.fileio import atomic_torch_save, atomic_write_json, remove_stale_temporaries
 
 __all__ = ["WeightsError", "WeightsLoader", "PerClassDice", "BestModelSaver", "ResumableTraining"]
 
@@ -88,6 +88,8 @@ class BestModelSaver:
         self.logger = logging.getLogger("c2fnas.checkpoint")
 
     def attach(self, engine: Engine) -> None:
+        if idist.get_rank() == 0:
+            remove_stale_temporaries(self.path)  # left by a killed run; the next save may be epochs away
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
