@@ -8,8 +8,8 @@ import math
 import os
 from typing import Any, Dict, Optional, Sequence
 
-import ignite.distributed as idist
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
@@ -21,6 +21,12 @@ __all__ = ["WeightsError", "WeightsLoader", "PerClassDice", "BestModelSaver", "R
 
 class WeightsError(RuntimeError):
     """A weights file cannot be read or does not fit the network; the message names the file."""
+
+
+def _rank() -> int:
+    """This process's rank, straight from ``torch.distributed`` (0 without a process group). Not ignite's
+    ``idist.get_rank()``: its first call runs collectives, which hang when only rank 0 makes it."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _unwrap(obj: Any) -> Any:
@@ -88,7 +94,7 @@ class BestModelSaver:
         self.logger = logging.getLogger("c2fnas.checkpoint")
 
     def attach(self, engine: Engine) -> None:
-        if idist.get_rank() == 0:
+        if _rank() == 0:
             remove_stale_temporaries(self.path)  # left by a killed run; the next save may be epochs away
         engine.add_event_handler(Events.COMPLETED, self)
 
@@ -97,7 +103,7 @@ class BestModelSaver:
         if metric is None or not metric > self.best:
             return
         self.best = float(metric)
-        if idist.get_rank() == 0:
+        if _rank() == 0:
             atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
             self.logger.info(f"best {engine.state.key_metric_name} {metric:.4f}: saved {self.path}")
 
@@ -138,7 +144,7 @@ class PerClassDice:
         }
         text = ", ".join(f"{k} {v:.4f}" for k, v in report["per_class"].items())
         self.logger.info(f"validation Dice on {report['cases']} cases: mean {report['mean_dice']:.4f} ({text})")
-        if self.output_file and idist.get_rank() == 0:  # one writer under DDP (the details are gathered)
+        if self.output_file and _rank() == 0:  # one writer under DDP (the details are gathered)
             atomic_write_json(self.output_file, report)  # creates the folder too
 
 
@@ -164,7 +170,7 @@ class ResumableTraining:
         return {k: _unwrap(v).state_dict() for k, v in self.objects.items()}
 
     def save(self, engine: Engine, finished: bool = False) -> None:
-        if idist.get_rank() == 0:
+        if _rank() == 0:
             atomic_torch_save({**self._states(), "finished": finished}, self.path)
 
     def load(self, engine: Engine) -> None:
