@@ -98,6 +98,27 @@ def http_server(directory):
         server.wait()
 
 
+def run_or_kill(process, state_file, kill_when=None, timeout=600):
+    """Wait for ``process`` (started with ``start_new_session=True``). If ``kill_when(state)`` becomes true for the
+    state saved in ``state_file`` first, SIGKILL its whole process group and return False; otherwise assert it
+    exited 0 and return True."""
+    import signal
+
+    import torch
+
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline:
+        if kill_when is not None and Path(state_file).exists():
+            if kill_when(torch.load(state_file, weights_only=True)):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return False
+        time.sleep(0.05)
+    error = process.stderr.read().decode()[-3000:] if process.stderr else ""
+    assert process.wait(timeout=60) == 0, error
+    return True
+
+
 def rods_case(seed: int, shape=(16, 16, 64), rods: int = 3, radius2: int = 3, noise: float = 0.1) -> dict:
     """Bright rods along the third spatial axis, identical in every axial slice: short rods are class 1, long
     rods class 2. Only context along the third axis separates them (a 2D op sees none of it)."""

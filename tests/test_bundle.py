@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BUNDLE, TINY, bundle_run, http_server, monai_bundle
+from helpers import BUNDLE, TINY, bundle_run, http_server, monai_bundle, run_or_kill
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
@@ -220,24 +220,19 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
 
 def test_training_resumes_after_sigkill(dataset, tmp_path):
     """train.json killed (SIGKILL) after its second epoch continues from its saved state when run again."""
-    import signal
-    import time
-
     out = tmp_path / "outputs"
     overrides = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 5, "val_interval": 2}
     argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json")]
     argv += [x for k, v in {**overrides, "bundle_root": str(BUNDLE)}.items() for x in (f"--{k}", json.dumps(v))]
     state_file = out / "models" / "training_state.pt"
-    process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while process.poll() is None and time.time() < deadline:
-        if state_file.exists():
-            state = torch.load(state_file, weights_only=True)
-            if state["trainer"]["iteration"] >= 2 * state["trainer"]["epoch_length"]:
-                process.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.05)
-    assert process.wait(timeout=60) == -signal.SIGKILL, "killed during training"
+    process = subprocess.Popen(
+        argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+    def after_two_epochs(state):
+        return state["trainer"]["iteration"] >= 2 * state["trainer"]["epoch_length"]
+
+    assert not run_or_kill(process, state_file, after_two_epochs), "killed during training"
     killed_at = torch.load(state_file, weights_only=True)
     assert not killed_at["finished"]
     epoch = killed_at["trainer"]["iteration"] // killed_at["trainer"]["epoch_length"]

@@ -3,15 +3,13 @@ engine itself, including a SIGKILL and resume under DDP."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import BUNDLE, TINY, TORCHRUN, bundle_run
+from helpers import BUNDLE, TINY, TORCHRUN, bundle_run, run_or_kill
 
 TESTS = Path(__file__).resolve().parent
 
@@ -121,17 +119,8 @@ def _torchrun_search(out, kill_when=None):
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    state_file = Path(out) / "search_coarse_state.pt"
-    deadline = time.time() + 600
-    while process.poll() is None and time.time() < deadline:
-        if kill_when is not None and state_file.exists():
-            if kill_when(torch.load(state_file, weights_only=True)["progress"]):
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return False
-        time.sleep(0.05)
-    assert process.wait(timeout=60) == 0, process.stderr.read().decode()[-3000:]
-    return True
+    progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
+    return run_or_kill(process, Path(out) / "search_coarse_state.pt", progress_when)
 
 
 def test_search_resumes_under_torchrun_after_sigkill(tmp_path):

@@ -3,15 +3,13 @@
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import rods_case, small_stage
+from helpers import rods_case, run_or_kill, small_stage
 from scripts.networks import Architecture, enumerate_topologies, load_architecture, topology_error
 from scripts.search import (
     AgingEvolution,
@@ -186,19 +184,9 @@ def _run(stage, out, kill_when=None, topology=None):
     """Run helpers.py as a real subprocess; with ``kill_when(state)`` SIGKILL it once the saved state satisfies it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "bundle"), str(TESTS)])}
     args = [sys.executable, str(TESTS / "helpers.py"), stage, str(out)] + ([str(topology)] if topology else [])
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state_file = Path(out) / f"search_{stage}_state.pt"
-    deadline = time.time() + 300
-    while process.poll() is None and time.time() < deadline:
-        if kill_when is not None and state_file.exists():
-            state = torch.load(state_file, weights_only=True)
-            if kill_when(state["progress"]):
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                return False
-        time.sleep(0.05)
-    assert process.wait(timeout=300) == 0, process.stderr.read().decode()[-3000:]
-    return True
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
+    return run_or_kill(process, Path(out) / f"search_{stage}_state.pt", progress_when, timeout=300)
 
 
 def test_coarse_search_resumes_after_sigkill(tmp_path):
