@@ -177,7 +177,10 @@ def test_server_info_and_infer(app_dir, studies, name, tmp_path):
             server.wait()
         log.close()
     assert server.returncode is not None
-    with socket.socket() as s:  # the port is free again: nothing left running
+    with socket.socket() as s:  # nothing listens on the port any more: no server process left running
+        # SO_REUSEADDR: the connections of this test's own requests may sit in TIME_WAIT for a minute, which a plain
+        # bind counts as "in use"; with it, bind still fails while any socket listens on the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
 
 
