@@ -10,7 +10,7 @@ LINTED := networks search tests benchmarks release.py $(wildcard bundle/scripts/
 LABEL_VENV := .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed
 
-.PHONY: setup label-setup demo test test-slow test-label lint format release
+.PHONY: setup label-setup demo test test-slow test-label bench lint format release
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test: $(STAMP)
 # The bundle in the real MONAI Label: Python API and a loopback server, on the CPU (run by CI after `make test`).
 test-label: $(LABEL_STAMP)
 	$(LABEL_VENV)/bin/python -m pytest tests/test_monailabel.py
+
+# Speed and memory, ratios measured side by side in one run (about 20 minutes on 2 CPU cores; README "Benchmarks").
+bench: $(STAMP)
+	$(PY) benchmarks/performance.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no test is marked slow

@@ -11,7 +11,7 @@ from torch import nn
 
 from networks import OPS, C2FNASNet, default_architecture, enumerate_topologies
 from networks.architecture import Architecture
-from networks.c2fnas import make_op, make_transition
+from networks.c2fnas import TrilinearUpsample2x, make_op, make_transition
 from networks.complexity import complexity_report, count_macs, count_parameters
 
 KERNELS = {"2D": [(3, 3, 1)], "3D": [(3, 3, 3)], "P3D": [(3, 3, 1), (1, 1, 3)]}
@@ -101,6 +101,36 @@ def test_channels_last_3d_input_and_weights():
         net = net.to(memory_format=torch.channels_last_3d)
         out = net(x.contiguous(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6, 7), (1, 4, 2, 9, 3), (1, 2, 1, 4, 4)])
+def test_fast_upsampling_equals_trilinear_interpolation(shape):
+    """The inference path (no autograd; contiguous and channels_last_3d) and the training path (autograd) both equal
+    ``F.interpolate(scale_factor=2, mode="trilinear", align_corners=False)``; gradients flow through the latter."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    reference = nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+    up = TrilinearUpsample2x()
+    with torch.inference_mode():
+        torch.testing.assert_close(up(x), reference, rtol=0, atol=1e-6)
+        torch.testing.assert_close(up(x.contiguous(memory_format=torch.channels_last_3d)), reference, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(up)(x), reference, rtol=0, atol=1e-6)
+    leaf = x.clone().requires_grad_()
+    out = up(leaf)
+    torch.testing.assert_close(out, reference)
+    out.sum().backward()
+    torch.testing.assert_close(leaf.grad, torch.full_like(x, 8.0))  # every input voxel's weights sum to 2 per axis
+
+
+def test_inference_path_equals_training_path_of_the_network():
+    torch.manual_seed(0)
+    net = C2FNASNet(default_architecture(), 1, 3, 4).eval()
+    x = torch.randn(1, 1, 32, 32, 64)
+    with torch.no_grad():
+        fast = net(x)
+    slow = net(x.requires_grad_())  # autograd on: nn.functional.interpolate inside
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_input_size_must_be_divisible():

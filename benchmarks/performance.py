@@ -1,0 +1,487 @@
+"""Performance benchmarks of the C2FNAS bundle: every figure is measured in this run, ratios side by side.
+
+Each measurement runs in its own child process, so that its peak memory and its allocator settings are its own.
+
+Sections (``--sections``, default all):
+
+- ``inference``: the best conv3d throughput of this machine (large 3x3x3 convolutions, both memory formats) and
+  sliding-window inference of C2FNAS-Panc (F=32, 96^3 windows, overlap 0.625, ``sw_batch_size`` 4, as
+  ``inference.json``) on a ``--volume``^3 input, plain PyTorch vs the bundle's runtime. Efficiency = achieved conv
+  GFLOP/s (MACs x 2 / time) / best conv3d GFLOP/s.
+- ``monai``: one 96^3 window (batch 1, inference) of C2FNAS-Panc vs MONAI ``DiNTS`` (an architecture decoded by
+  ``TopologySearch.decode`` from freshly initialised alphas, seed 0), ``SegResNet`` and ``UNet`` of similar size.
+- ``search``: one SGD training step of the supernets vs the derived network (same width, same patch), and of
+  MONAI's ``TopologySearch`` (12 blocks, 4 depths, channel_mul 0.5).
+- ``cost``: compute of coarse + fine search at the configs' default budget / compute of the default training run,
+  from the iteration counts in the configs and the step and window times measured in ``search`` and ``monai``.
+- ``e2e``: wall time and peak memory of the README's main command (``make demo``: the five stages on the CPU
+  profile), into a temporary output folder.
+
+Peak memory: on CPU the growth of the child's peak RSS over its RSS before the measured work (``inference``,
+``monai``) or its whole peak RSS (``search``: weights, gradients and optimiser state included; ``e2e``: the
+largest stage); on CUDA ``torch.cuda.max_memory_allocated``.
+
+    .venv/bin/python benchmarks/performance.py [--sections inference,monai,search,cost,e2e] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundle"
+SECTIONS = ("inference", "monai", "search", "cost", "e2e")
+GIB = 2**30
+
+
+# ---------------------------------------------------------------------------------------------------- child side
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_bytes(device, since: int = 0) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - since
+
+
+def _timed(fn: Callable[[], object], device, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call."""
+    import torch
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _c2fnas(base_channels: int = 32, plain: bool = False):
+    from scripts.networks import C2FNASNet, default_architecture
+    from scripts.networks.c2fnas import TrilinearUpsample2x
+    from torch import nn
+
+    net = C2FNASNet(default_architecture(), 1, 3, base_channels)
+    if plain:  # PyTorch's own upsampling instead of the bundle's
+        for module in net.modules():
+            for name, child in module.named_children():
+                if isinstance(child, TrilinearUpsample2x):
+                    setattr(module, name, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
+    return net
+
+
+def _dints():
+    import torch
+    from monai.networks.nets import DiNTS, TopologyInstance, TopologySearch
+
+    torch.manual_seed(0)
+    space = TopologySearch(channel_mul=1.0, num_blocks=12, num_depths=4, use_downsample=True, device="cpu")
+    node_a, code_a, code_c, _ = space.decode()
+    instance = TopologyInstance(
+        channel_mul=1.0, num_blocks=12, num_depths=4, use_downsample=True, arch_code=[code_a, code_c], device="cpu"
+    )
+    return DiNTS(instance, in_channels=1, num_classes=3, use_downsample=True, node_a=node_a)
+
+
+def _monai_model(kind: str):
+    from monai.networks.nets import SegResNet, UNet
+
+    if kind == "c2fnas":
+        return _c2fnas()
+    if kind == "dints":
+        return _dints()
+    if kind == "segresnet":
+        return SegResNet(spatial_dims=3, in_channels=1, out_channels=3, init_filters=32)
+    if kind == "unet":
+        return UNet(3, 1, 3, channels=(32, 64, 128, 256, 512), strides=(2, 2, 2, 2), num_res_units=2)
+    raise ValueError(kind)
+
+
+def job_conv_peak(device, **_) -> dict:
+    """Best conv3d GFLOP/s over a few large 3x3x3 convolutions, contiguous and channels_last_3d."""
+    import torch
+
+    best = {"gflops": 0.0}
+    for channels, side in ((64, 48), (128, 24), (64, 64), (32, 96)):
+        conv = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False).to(device).eval()
+        x = torch.randn(1, channels, side, side, side, device=device)
+        flops = 2 * channels * channels * 27 * side**3
+        for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+            c, xi = conv.to(memory_format=memory_format), x.to(memory_format=memory_format)
+            with torch.inference_mode():
+                seconds = min(_timed(lambda: c(xi), device, 3) for _ in range(2))
+            if flops / seconds / 1e9 > best["gflops"]:
+                best = {
+                    "gflops": flops / seconds / 1e9,
+                    "shape": f"{channels}ch {side}^3",
+                    "format": str(memory_format),
+                }
+    return best
+
+
+def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, channels_last: bool, **_) -> dict:
+    """Sliding-window inference of C2FNAS-Panc on a ``volume``^3 input: seconds, windows, conv MACs, memory."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from scripts.networks.complexity import count_macs
+
+    net = _c2fnas(plain=plain).to(device).eval()
+    macs_per_window = count_macs(net, (1, 1, 96, 96, 96))
+    x = torch.rand(1, 1, volume, volume, volume, device=device)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last_3d), x.to(memory_format=torch.channels_last_3d)
+    windows = []
+
+    def predictor(batch):
+        windows.append(batch.shape[0])
+        return net(batch)
+
+    def infer():
+        windows.clear()
+        with torch.inference_mode():
+            return sliding_window_inference(x, (96, 96, 96), sw_batch_size, predictor, overlap=0.625)
+
+    before = _rss_bytes()
+    seconds = _timed(infer, device, 2)
+    return {
+        "seconds": seconds,
+        "windows": sum(windows),
+        "macs": macs_per_window * sum(windows),
+        "peak_bytes": _peak_bytes(device, before),
+    }
+
+
+def job_window(device, kind: str, **_) -> dict:
+    """One 96^3 window, batch 1, inference mode: seconds, parameters, conv MACs, memory growth."""
+    import torch
+    from scripts.networks.complexity import count_macs
+
+    model = _monai_model(kind).to(device).eval()
+    x = torch.rand(1, 1, 96, 96, 96, device=device)
+    before = _rss_bytes()
+    with torch.inference_mode():
+        seconds = _timed(lambda: model(x), device, 2)
+    peak = _peak_bytes(device, before)
+    return {
+        "seconds": seconds,
+        "peak_bytes": peak,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "macs": count_macs(model.cpu(), (1, 1, 96, 96, 96)),
+    }
+
+
+def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
+    """One SGD + DiceCE step (batch 1) of the default C2FNAS-Panc path through ``kind``: seconds, peak memory."""
+    import random
+
+    import torch
+    from monai.losses import DiceCELoss
+    from scripts.networks import Architecture, C2FNASNet, C2FNASSupernet, default_architecture
+    from scripts.search import SearchSpace, random_ops
+
+    torch.manual_seed(0)
+    arch, r = default_architecture(), random.Random(0)
+    if kind == "derived":
+        model = C2FNASNet(arch, 1, 3, 32)
+        forward = warm_forward = model
+    elif kind.startswith("supernet"):
+        topologies = (
+            [arch.levels]
+            if kind == "supernet_fine"
+            else next(c for c in SearchSpace(seed=0).clusters if arch.levels in c)
+        )
+        model = C2FNASSupernet(topologies, 1, 3, 32)
+
+        def forward(x):
+            return model(x, arch)
+
+        def warm_forward(x):  # random paths first: momentum buffers of unused weights exist, as in a long search
+            return model(x, Architecture(r.choice(topologies), random_ops(r, 12)))
+
+    else:
+        from monai.networks.nets import DiNTS, TopologySearch
+
+        space = TopologySearch(channel_mul=0.5, num_blocks=12, num_depths=4, use_downsample=True, device=str(device))
+        model = DiNTS(space, in_channels=1, num_classes=3, use_downsample=True)
+        forward = warm_forward = model
+    model = model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    x = torch.randn(1, 1, roi, roi, roi, device=device)
+    y = torch.randint(0, 3, (1, 1, roi, roi, roi), device=device)
+
+    def step(fn):
+        optimizer.zero_grad(set_to_none=True)
+        loss_function(fn(x), y).backward()
+        optimizer.step()
+
+    for _ in range(2 if kind.startswith("supernet") else 0):
+        step(warm_forward)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timed(lambda: step(forward), device, steps)
+    return {
+        "seconds": seconds,
+        "peak_bytes": _peak_bytes(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+JOBS = {"conv_peak": job_conv_peak, "sliding_window": job_sliding_window, "window": job_window}
+JOBS["train_step"] = job_train_step
+
+
+def _child_main(spec: dict) -> dict:
+    sys.path.insert(0, str(BUNDLE))
+    import torch
+    from scripts.runtime import tune_runtime
+
+    device = torch.device(spec.pop("device"))
+    if spec.pop("tuned", True):
+        tune_runtime(device)
+    return JOBS[spec.pop("job")](device, **spec)
+
+
+# --------------------------------------------------------------------------------------------------- parent side
+
+
+def run_child(**spec) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
+    )
+    if done.returncode != 0:
+        reason = "out of memory (killed)" if done.returncode in (-9, 137) else done.stderr.strip()[-500:]
+        raise RuntimeError(f"{spec}: {reason}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _row(*cells, widths=(46, 12, 12, 12, 12, 14)) -> str:
+    return "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def section_inference(args, found: dict) -> None:
+    peak = run_child(job="conv_peak", device=args.device)
+    print(f"best conv3d throughput: {peak['gflops']:.1f} GFLOP/s ({peak['shape']}, {peak['format']})")
+    variants = [
+        ("plain PyTorch (nn.Upsample, default malloc)", dict(plain=True, tuned=False)),
+        ("+ tuned allocator (scripts.runtime)", dict(plain=True, tuned=True)),
+        ("bundle: + TrilinearUpsample2x", dict(plain=False, tuned=True)),
+        ("bundle, channels_last_3d", dict(plain=False, tuned=True, channels_last=True)),
+        ("bundle, sw_batch_size 1", dict(plain=False, tuned=True, sw_batch_size=1)),
+    ]
+    print(f"sliding-window inference, C2FNAS-Panc F=32, {args.volume}^3 input, 96^3 windows, overlap 0.625:")
+    print(_row("variant", "windows", "seconds", "GFLOP/s", "efficiency", "memory GiB"))
+    base = None
+    for name, options in variants:
+        spec = {"channels_last": False, "sw_batch_size": 4, **options}
+        res = run_child(job="sliding_window", device=args.device, volume=args.volume, **spec)
+        gflops = 2 * res["macs"] / res["seconds"] / 1e9
+        base = base or res["seconds"]
+        print(
+            _row(name, res["windows"], f"{res['seconds']:.2f}", f"{gflops:.1f}", f"{gflops / peak['gflops']:.2f}")
+            + f"{res['peak_bytes'] / GIB:>14.2f}"
+        )
+        found.setdefault("sliding", {})[name] = res
+    bundle = found["sliding"]["bundle: + TrilinearUpsample2x"]
+    print(f"speed-up of the bundle over plain PyTorch: {base / bundle['seconds']:.2f}x; target efficiency >= 0.7")
+
+
+def section_monai(args, found: dict) -> None:
+    print("one 96^3 window, batch 1, inference mode:")
+    print(_row("model", "params (M)", "GMAC", "seconds", "memory GiB", "time ratio") + f"{'memory ratio':>14}")
+    base = None
+    for kind in ("c2fnas", "dints", "segresnet", "unet"):
+        res = run_child(job="window", device=args.device, kind=kind)
+        base = base or res
+        found.setdefault("window", {})[kind] = res
+        print(
+            _row(
+                kind,
+                f"{res['parameters'] / 1e6:.1f}",
+                f"{res['macs'] / 1e9:.0f}",
+                f"{res['seconds']:.2f}",
+                f"{res['peak_bytes'] / GIB:.2f}",
+                f"{res['seconds'] / base['seconds']:.2f}",
+            )
+            + f"{res['peak_bytes'] / base['peak_bytes']:>14.2f}"
+        )
+
+
+def section_search(args, found: dict) -> None:
+    print(f"one training step, batch 1, {args.roi}^3 patch, F=32, median of {args.steps}:")
+    print(_row("model", "params (M)", "seconds", "peak GiB", "time ratio", "memory ratio"))
+    base = None
+    for kind, tuned in (
+        ("derived", True),
+        ("derived", False),
+        ("supernet_fine", True),
+        ("supernet_coarse", True),
+        ("dints_search", True),
+    ):
+        name = kind if tuned else f"{kind}, default malloc"
+        try:
+            res = run_child(
+                job="train_step", device=args.device, kind=kind, roi=args.roi, steps=args.steps, tuned=tuned
+            )
+        except RuntimeError as e:
+            print(f"{name}: failed: {e}")
+            continue
+        base = base or res
+        found.setdefault("step", {})[name] = res
+        print(
+            _row(
+                name,
+                f"{res['parameters'] / 1e6:.1f}",
+                f"{res['seconds']:.2f}",
+                f"{res['peak_bytes'] / GIB:.2f}",
+                f"{res['seconds'] / base['seconds']:.2f}",
+                f"{res['peak_bytes'] / base['peak_bytes']:.2f}",
+            )
+        )
+    print("targets for the supernets: time ratio <= 1.15, memory ratio <= 1.25")
+
+
+def _windows(shape: List[int], roi: int, overlap: float) -> int:
+    """Sliding windows over ``shape`` (MONAI's rule: ``ceil((side - roi) / interval) + 1`` per axis)."""
+    interval = max(1, int(roi * (1 - overlap)))
+    count = 1
+    for side in shape:
+        count *= 1 if side <= roi else -(-(side - roi) // interval) + 1
+    return count
+
+
+def section_cost(args, found: dict) -> None:
+    """Search compute / training compute at the configs' default budget, on MSD Task07-sized data."""
+    if "step" not in found:
+        section_search(args, found)
+    if "window" not in found:
+        section_monai(args, found)
+    coarse = json.loads((BUNDLE / "configs/search_coarse.json").read_text())
+    fine = json.loads((BUNDLE / "configs/search_fine.json").read_text())
+    train = json.loads((BUNDLE / "configs/train.json").read_text())
+    cases, shape = args.cases, args.case_shape
+    val = int(round(cases * train["val_fraction"]))
+    iterations_per_epoch = -(-(cases - val) // train["batch_size"])
+    step, window = found["step"], found["window"]["c2fnas"]["seconds"]
+    # one step of every kind is measured at batch 1; train and search both draw batch_size x num_samples patches
+    patches = train["batch_size"] * train["num_samples"]
+    t_derived, t_fine = patches * step["derived"]["seconds"], patches * step["supernet_fine"]["seconds"]
+    t_coarse = patches * step["supernet_coarse"]["seconds"]
+    search_volume = _windows(shape, 96, coarse["search_overlap"]) * window
+    train_volume = _windows(shape, 96, train["sw_overlap"]) * window
+    coarse_evaluations = (
+        coarse["num_clusters"] * coarse["score_samples"]
+        + (coarse["population_size"] + coarse["cycles"]) * coarse["op_samples"]
+    )
+    fine_evaluations = fine["population_size"] + fine["cycles"]
+    parts = {
+        "coarse supernet training": coarse["num_clusters"] * coarse["cluster_iterations"] * t_coarse,
+        "coarse evaluations": coarse_evaluations * val * search_volume,
+        "fine supernet training": fine["fine_iterations"] * t_fine,
+        "fine evaluations": fine_evaluations * val * search_volume,
+    }
+    training = {
+        "training iterations": train["max_epochs"] * iterations_per_epoch * t_derived,
+        "validations": train["max_epochs"] // train["val_interval"] * val * train_volume,
+    }
+    print(
+        f"default budgets on {cases} cases of {'x'.join(map(str, shape))} voxels at 1 mm ({val} validation): "
+        f"coarse {coarse['num_clusters']} x {coarse['cluster_iterations']} iterations + {coarse_evaluations} "
+        f"evaluations, fine {fine['fine_iterations']} iterations + {fine_evaluations} evaluations, training "
+        f"{train['max_epochs']} x {iterations_per_epoch} iterations + {train['max_epochs'] // train['val_interval']} "
+        f"validations"
+    )
+    for name, seconds in {**parts, **training}.items():
+        print(f"  {name:<28}{seconds / 3600:>10.1f} h on this machine")
+    ratio = sum(parts.values()) / sum(training.values())
+    print(f"search cost / training cost: {ratio:.2f} (target <= 3)")
+    found["cost"] = ratio
+
+
+def section_e2e(args, found: dict) -> None:
+    out = Path(tempfile.mkdtemp(prefix="c2fnas-e2e-"))
+    run = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    cpu = "configs/cpu_profile.json"
+    where = ["--output_dir", str(out)]
+    searched = ["--arch_file", str(out / "search/arch_fine.json")]
+    model = ["--ckpt_file", str(out / "models/model.pt")]
+    stages = {
+        "search_coarse": [*run, f"['configs/search_coarse.json','{cpu}']", *where],
+        "search_fine": [*run, f"['configs/search_fine.json','{cpu}']", *where],
+        "train": [*run, f"['configs/train.json','{cpu}']", *where, *searched],
+        "evaluate": [*run, f"['configs/train.json','configs/evaluate.json','{cpu}']", *where, *searched, *model],
+        "inference": [*run, f"['configs/inference.json','{cpu}']", *where, *searched, *model],
+    }
+    total = time.perf_counter()
+    try:
+        for name, command in stages.items():
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed: {done.stderr[-1000:]}")
+            print(f"  {name:<16}{time.perf_counter() - start:>8.0f} s")
+        wall = time.perf_counter() - total
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        dice = json.loads((out / "eval/dice_per_class.json").read_text())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"make demo chain: {wall:.0f} s wall, peak memory of the largest stage {peak / GIB:.2f} GiB; Dice {dice}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--volume", type=int, default=128, help="side of the cubic input of the inference section")
+    parser.add_argument("--roi", type=int, default=96, help="training patch side of the search section")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per model")
+    parser.add_argument("--cases", type=int, default=281, help="labelled cases (MSD Task07: 281)")
+    parser.add_argument(
+        "--case_shape", type=int, nargs=3, default=[400, 400, 232], help="a typical case at 1 mm (MSD Task07)"
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child_main(json.loads(args.child))))
+        return
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}, "
+        f"python {platform.python_version()}"
+    )
+    found: Dict[str, dict] = {}
+    for name in args.sections.split(","):
+        print(f"\n## {name}")
+        {
+            "inference": section_inference,
+            "monai": section_monai,
+            "search": section_search,
+            "cost": section_cost,
+            "e2e": section_e2e,
+        }[name](args, found)
+
+
+if __name__ == "__main__":
+    main()
