@@ -313,19 +313,20 @@ sys.path.insert(0, sys.argv[1])
 from scripts.runtime import tune_runtime
 tuned = tune_runtime("cpu") if sys.argv[2] == "tuned" else False
 faults = []
-for _ in range(8):  # a 3D network allocates and frees activations of the same sizes again and again
+for _ in range(20):  # a 3D network allocates and frees activations of the same sizes again and again
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    x, y = torch.ones(64 * 2**20), torch.ones(32 * 2**20)  # 256 MB and 128 MB, touched
+    x, y = torch.ones(32 * 2**20), torch.ones(16 * 2**20)  # 128 MB and 64 MB, touched
     del x, y
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(tuned, sum(faults[-3:]))
+print(tuned, sum(faults[-5:]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator tuning is for glibc")
 def test_tuned_cpu_allocator_reuses_freed_memory():
-    """After ``tune_runtime('cpu')`` freed activation-sized blocks are reused: once warm, new tensors of the same
-    sizes cause no page faults. Without it every 384 MB is faulted in again from the kernel (98,304 pages of 4 KiB)."""
+    """After ``tune_runtime('cpu')`` freed activation-sized blocks are reused: once the heap has settled (about 6
+    rounds here), new tensors of the same sizes cause no page faults. Without it every round's 192 MB is faulted in
+    again from the kernel (49,152 pages of 4 KiB)."""
     results = {}
     for mode in ("default", "tuned"):
         out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, str(BUNDLE), mode], capture_output=True, text=True)
@@ -333,5 +334,5 @@ def test_tuned_cpu_allocator_reuses_freed_memory():
         tuned, faults = out.stdout.split()
         results[mode] = (tuned, int(faults))
     assert results["tuned"][0] == "True" and results["default"][0] == "False"
-    assert results["default"][1] > 3 * 90000, results  # the last 3 rounds
+    assert results["default"][1] > 5 * 45000, results  # the last 5 rounds
     assert results["tuned"][1] < 1000, results
