@@ -42,7 +42,6 @@ from typing import Callable, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
-SECTIONS = ("inference", "monai", "search", "cost", "e2e")
 GIB = 2**30
 
 
@@ -250,8 +249,12 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
     }
 
 
-JOBS = {"conv_peak": job_conv_peak, "sliding_window": job_sliding_window, "window": job_window}
-JOBS["train_step"] = job_train_step
+JOBS = {
+    "conv_peak": job_conv_peak,
+    "sliding_window": job_sliding_window,
+    "window": job_window,
+    "train_step": job_train_step,
+}
 
 
 def _child_main(spec: dict) -> dict:
@@ -278,8 +281,14 @@ def run_child(**spec) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _row(*cells, widths=(46, 12, 12, 12, 12, 14)) -> str:
-    return "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths)))
+def _row(name: str, *cells) -> str:
+    """A table row: the name left-aligned, then the cells right-aligned."""
+    return f"{name:<46}" + "".join(f"{c:>14}" for c in cells)
+
+
+def _ratios(res: dict, base: dict) -> tuple:
+    """Time and peak-memory ratios of ``res`` to ``base``, formatted."""
+    return f"{res['seconds'] / base['seconds']:.2f}", f"{res['peak_bytes'] / base['peak_bytes']:.2f}"
 
 
 def section_inference(args, found: dict) -> None:
@@ -300,9 +309,16 @@ def section_inference(args, found: dict) -> None:
         res = run_child(job="sliding_window", device=args.device, volume=args.volume, **spec)
         gflops = 2 * res["macs"] / res["seconds"] / 1e9
         base = base or res["seconds"]
+        efficiency = gflops / peak["gflops"]
         print(
-            _row(name, res["windows"], f"{res['seconds']:.2f}", f"{gflops:.1f}", f"{gflops / peak['gflops']:.2f}")
-            + f"{res['peak_bytes'] / GIB:>14.2f}"
+            _row(
+                name,
+                res["windows"],
+                f"{res['seconds']:.2f}",
+                f"{gflops:.1f}",
+                f"{efficiency:.2f}",
+                f"{res['peak_bytes'] / GIB:.2f}",
+            )
         )
         found.setdefault("sliding", {})[name] = res
     bundle = found["sliding"]["bundle: + TrilinearUpsample2x"]
@@ -311,7 +327,7 @@ def section_inference(args, found: dict) -> None:
 
 def section_monai(args, found: dict) -> None:
     print("one 96^3 window, batch 1, inference mode:")
-    print(_row("model", "params (M)", "GMAC", "seconds", "memory GiB", "time ratio") + f"{'memory ratio':>14}")
+    print(_row("model", "params (M)", "GMAC", "seconds", "memory GiB", "time ratio", "memory ratio"))
     base = None
     for kind in ("c2fnas", "dints", "segresnet", "unet"):
         res = run_child(job="window", device=args.device, kind=kind)
@@ -324,9 +340,8 @@ def section_monai(args, found: dict) -> None:
                 f"{res['macs'] / 1e9:.0f}",
                 f"{res['seconds']:.2f}",
                 f"{res['peak_bytes'] / GIB:.2f}",
-                f"{res['seconds'] / base['seconds']:.2f}",
+                *_ratios(res, base),
             )
-            + f"{res['peak_bytes'] / base['peak_bytes']:>14.2f}"
         )
 
 
@@ -357,8 +372,7 @@ def section_search(args, found: dict) -> None:
                 f"{res['parameters'] / 1e6:.1f}",
                 f"{res['seconds']:.2f}",
                 f"{res['peak_bytes'] / GIB:.2f}",
-                f"{res['seconds'] / base['seconds']:.2f}",
-                f"{res['peak_bytes'] / base['peak_bytes']:.2f}",
+                *_ratios(res, base),
             )
         )
     print("targets for the supernets: time ratio <= 1.15, memory ratio <= 1.25")
@@ -451,9 +465,18 @@ def section_e2e(args, found: dict) -> None:
     print(f"make demo chain: {wall:.0f} s wall, peak memory of the largest stage {peak / GIB:.2f} GiB; Dice {dice}")
 
 
+SECTIONS = {
+    "inference": section_inference,
+    "monai": section_monai,
+    "search": section_search,
+    "cost": section_cost,
+    "e2e": section_e2e,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--volume", type=int, default=128, help="side of the cubic input of the inference section")
     parser.add_argument("--roi", type=int, default=96, help="training patch side of the search section")
@@ -474,13 +497,7 @@ def main() -> None:
     found: Dict[str, dict] = {}
     for name in args.sections.split(","):
         print(f"\n## {name}")
-        {
-            "inference": section_inference,
-            "monai": section_monai,
-            "search": section_search,
-            "cost": section_cost,
-            "e2e": section_e2e,
-        }[name](args, found)
+        SECTIONS[name](args, found)
 
 
 if __name__ == "__main__":
