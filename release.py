@@ -1,7 +1,11 @@
 """Build the model-zoo release of the bundle: ``dist/<name>_v<version>.zip`` and print its sha1.
 
 The zip holds one top folder named after the bundle (as ``monai.bundle download --url`` expects) with configs,
-docs, models, LICENSE and the custom code (``scripts/``, with ``networks`` and ``search`` copied in, not linked).
+docs, models, LICENSE and the custom code: ``scripts/`` and, beside it, copies of the project's ``networks`` and
+``search`` packages, which the configs import under those names (the bundle root is on ``sys.path`` when it runs).
+In the repository every stage config is merged over ``configs/common.json``; single-file readers (model-zoo's CI,
+MONAI Label, ``monai.bundle load``) read one file, so the zip's stage configs are those merges, made by MONAI's own
+``ConfigParser``, and ``common.json`` ships too (merging it again changes nothing).
 Its bytes are deterministic: sorted entries, fixed timestamps and permissions, no caches or run outputs.
 As model-zoo's release does, the files listed in ``large_files.yml`` go into the zip and the list itself does not;
 each must be present and match its recorded hash, or no zip is written.
@@ -17,32 +21,38 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 from networks.fileio import atomic_write
 
 NAME = "pancreas_ct_c2fnas_segmentation"
 INCLUDE = ("LICENSE", "configs", "docs", "models", "scripts")
+PACKAGES = ("networks", "search")  # from the repository root, beside scripts/
+COMMON = "configs/common.json"
+STAGES = ("train.json", "inference.json", "search_coarse.json", "search_fine.json")  # each merged over COMMON
 LARGE_FILES = "large_files.yml"
 SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def bundle_files(bundle_dir: Path) -> Iterator[Tuple[str, Path]]:
-    """(path inside the bundle, real file) for every file that ships, links followed, in sorted order."""
+def bundle_files(bundle_dir: Path, packages_dir: Optional[Path] = None) -> Iterator[Tuple[str, Path]]:
+    """(path inside the bundle, real file) for every file that ships, in sorted order: the bundle's own files and
+    the ``PACKAGES`` from ``packages_dir`` (default: the repository root beside ``bundle_dir``)."""
+    packages_dir = packages_dir or Path(bundle_dir).resolve().parent
+    roots = [(top, bundle_dir / top) for top in INCLUDE] + [(top, packages_dir / top) for top in PACKAGES]
     found = []
-    for top in INCLUDE:
-        root = bundle_dir / top
+    for top, root in roots:
         if root.is_file():
             found.append((top, root))
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        base = root.parent
+        for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d not in SKIP_PARTS]
             for filename in filenames:
                 if filename.endswith((".pyc", ".tmp")) or filename.startswith("."):
                     continue
                 path = Path(dirpath) / filename
-                found.append((path.relative_to(bundle_dir).as_posix(), path))
+                found.append((path.relative_to(base).as_posix(), path))
     return iter(sorted(found))
 
 
@@ -68,19 +78,31 @@ def verify_large_files(bundle_dir: Path) -> None:
             )
 
 
+def merged_config(bundle_dir: Path, stage: str) -> bytes:
+    """``configs/<stage>`` merged over ``configs/common.json`` by MONAI's ``ConfigParser`` (as ``--config_file``
+    lists are merged), as 4-space JSON."""
+    from monai.bundle import ConfigParser
+
+    files = [str(bundle_dir / COMMON), str(bundle_dir / "configs" / stage)]
+    return (json.dumps(ConfigParser.load_config_files(files), indent=4) + "\n").encode()
+
+
 def build(bundle_dir: Path, dist_dir: Path) -> Tuple[Path, str]:
     """Write the zip atomically; return its path and sha1."""
     verify_large_files(bundle_dir)
     version = json.loads((bundle_dir / "configs" / "metadata.json").read_text())["version"]
     target = dist_dir / f"{NAME}_v{version}.zip"
+    has_common = (bundle_dir / COMMON).is_file()
 
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
             for relative, path in bundle_files(bundle_dir):
+                stage = relative.split("/", 1)[1] if relative.startswith("configs/") else ""
+                data = merged_config(bundle_dir, stage) if stage in STAGES and has_common else path.read_bytes()
                 info = zipfile.ZipInfo(f"{NAME}/{relative}", date_time=FIXED_TIME)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
-                archive.writestr(info, path.read_bytes(), compresslevel=9)
+                archive.writestr(info, data, compresslevel=9)
 
     atomic_write(target, write)
     return target, hashlib.sha1(target.read_bytes()).hexdigest()

@@ -79,9 +79,10 @@ def _timed(fn: Callable[[], object], device, repeats: int) -> float:
 
 
 def _c2fnas(base_channels: int = 32, plain: bool = False):
-    from scripts.networks import C2FNASNet, default_architecture
-    from scripts.networks.c2fnas import TrilinearUpsample2x
     from torch import nn
+
+    from networks import C2FNASNet, default_architecture
+    from networks.c2fnas import TrilinearUpsample2x
 
     net = C2FNASNet(default_architecture(), 1, 3, base_channels)
     if plain:  # PyTorch's own upsampling instead of the bundle's
@@ -145,7 +146,8 @@ def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, cha
     """Sliding-window inference of C2FNAS-Panc on a ``volume``^3 input: seconds, windows, conv MACs, memory."""
     import torch
     from monai.inferers import sliding_window_inference
-    from scripts.networks.complexity import count_macs
+
+    from networks.complexity import count_macs
 
     net = _c2fnas(plain=plain).to(device).eval()
     macs_per_window = count_macs(net, (1, 1, 96, 96, 96))
@@ -176,7 +178,8 @@ def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, cha
 def job_window(device, kind: str, **_) -> dict:
     """One 96^3 window, batch 1, inference mode: seconds, parameters, conv MACs, memory growth."""
     import torch
-    from scripts.networks.complexity import count_macs
+
+    from networks.complexity import count_macs
 
     model = _monai_model(kind).to(device).eval()
     x = torch.rand(1, 1, 96, 96, 96, device=device)
@@ -198,8 +201,9 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
 
     import torch
     from monai.losses import DiceCELoss
-    from scripts.networks import Architecture, C2FNASNet, C2FNASSupernet, default_architecture
-    from scripts.search import SearchSpace, random_ops
+
+    from networks import Architecture, C2FNASNet, C2FNASSupernet, default_architecture
+    from search import SearchSpace, random_ops
 
     torch.manual_seed(0)
     arch, r = default_architecture(), random.Random(0)
@@ -393,9 +397,12 @@ def section_cost(args, found: dict) -> None:
         section_search(args, found)
     if "window" not in found:
         section_monai(args, found)
-    coarse = json.loads((BUNDLE / "configs/search_coarse.json").read_text())
-    fine = json.loads((BUNDLE / "configs/search_fine.json").read_text())
-    train = json.loads((BUNDLE / "configs/train.json").read_text())
+    from monai.bundle import ConfigParser
+
+    def merged(stage: str) -> dict:  # a stage config over common.json, as `monai.bundle run` merges them
+        return ConfigParser.load_config_files([str(BUNDLE / "configs" / name) for name in ("common.json", stage)])
+
+    coarse, fine, train = merged("search_coarse.json"), merged("search_fine.json"), merged("train.json")
     cases, shape = args.cases, args.case_shape
     val = int(round(cases * train["val_fraction"]))
     iterations_per_epoch = -(-(cases - val) // train["batch_size"])
@@ -439,15 +446,22 @@ def section_e2e(args, found: dict) -> None:
     out = Path(tempfile.mkdtemp(prefix="c2fnas-e2e-"))
     run = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     cpu = "configs/cpu_profile.json"
+    common = "configs/common.json"
     where = ["--output_dir", str(out)]
     searched = ["--arch_file", str(out / "search/arch_fine.json")]
     model = ["--ckpt_file", str(out / "models/model.pt")]
     stages = {
-        "search_coarse": [*run, f"['configs/search_coarse.json','{cpu}']", *where],
-        "search_fine": [*run, f"['configs/search_fine.json','{cpu}']", *where],
-        "train": [*run, f"['configs/train.json','{cpu}']", *where, *searched],
-        "evaluate": [*run, f"['configs/train.json','configs/evaluate.json','{cpu}']", *where, *searched, *model],
-        "inference": [*run, f"['configs/inference.json','{cpu}']", *where, *searched, *model],
+        "search_coarse": [*run, f"['{common}','configs/search_coarse.json','{cpu}']", *where],
+        "search_fine": [*run, f"['{common}','configs/search_fine.json','{cpu}']", *where],
+        "train": [*run, f"['{common}','configs/train.json','{cpu}']", *where, *searched],
+        "evaluate": [
+            *run,
+            f"['{common}','configs/train.json','configs/evaluate.json','{cpu}']",
+            *where,
+            *searched,
+            *model,
+        ],
+        "inference": [*run, f"['{common}','configs/inference.json','{cpu}']", *where, *searched, *model],
     }
     total = time.perf_counter()
     try:

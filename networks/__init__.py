@@ -1,6 +1,6 @@
 """C2FNAS networks: the architecture file, the network family, its grid supernet and complexity figures."""
 
-from .architecture import (
+from networks.architecture import (
     DEFAULT_ARCHITECTURE_FILE,
     FORMAT,
     NUM_LEVELS,
@@ -15,8 +15,8 @@ from .architecture import (
     topology_error,
     topology_wiring,
 )
-from .c2fnas import C2FNASNet, as_architecture, level_channels
-from .supernet import C2FNASSupernet, SupernetNode
+from networks.c2fnas import C2FNASNet, as_architecture, level_channels
+from networks.supernet import C2FNASSupernet, SupernetNode
 
 __all__ = [
     "DEFAULT_ARCHITECTURE_FILE",

@@ -8,9 +8,9 @@ from typing import Optional
 import fire
 import torch
 
-from .architecture import DEFAULT_ARCHITECTURE_FILE
-from .c2fnas import C2FNASNet, as_architecture
-from .complexity import PAPER_PARAMETERS, complexity_report
+from networks.architecture import DEFAULT_ARCHITECTURE_FILE
+from networks.c2fnas import C2FNASNet, as_architecture
+from networks.complexity import PAPER_PARAMETERS, complexity_report
 
 
 def summary(

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import jsonschema
 
-from .fileio import atomic_write_json
+from networks.fileio import atomic_write_json
 
 __all__ = [
     "FORMAT",

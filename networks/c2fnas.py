@@ -1,4 +1,4 @@
-"""The C2FNAS network family (Yu et al., CVPR 2020) for 3D segmentation, as ``../shared/design/C2FNAS.md`` builds it.
+"""The C2FNAS network family (Yu et al., CVPR 2020) for 3D segmentation, as ``bundle/docs/method.md`` describes it.
 
 Shapes: the input is ``(B, in_channels, D0, D1, D2)`` with every spatial side divisible by ``2 ** deepest level``
 (16 for a topology that reaches level 4; the bundle uses multiples of 32). Level ``l`` holds
@@ -14,7 +14,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .architecture import OPS, Architecture, ArchitectureError, load_architecture, topology_wiring
+from networks.architecture import OPS, Architecture, ArchitectureError, load_architecture, topology_wiring
 
 __all__ = [
     "C2FNASNet",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .c2fnas import ArchLike, C2FNASNet, as_architecture
+from networks.c2fnas import ArchLike, C2FNASNet, as_architecture
 
 __all__ = ["count_parameters", "count_macs", "complexity_report", "PAPER_PARAMETERS"]
 

@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Sequence, Set, Tuple
 import torch
 from torch import nn
 
-from .architecture import OPS, Architecture, ArchitectureError, topology_error, topology_wiring
-from .c2fnas import (
+from networks.architecture import OPS, Architecture, ArchitectureError, topology_error, topology_wiring
+from networks.c2fnas import (
     ArchLike,
     C2FNASNet,
     Cell,

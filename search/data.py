@@ -13,11 +13,11 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from monai.data import CacheDataset, Dataset, list_data_collate
 from monai.inferers import sliding_window_inference
-from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from .distributed import all_reduce_sum
-from .space import rng
+from search.dice import dice_from_totals, dice_per_case, dice_totals
+from search.distributed import all_reduce_sum
+from search.space import rng
 
 __all__ = ["cached_dataset", "PatchStream", "DiceEvaluator"]
 
@@ -101,12 +101,11 @@ class PatchStream:
 
 
 class DiceEvaluator:
-    """Mean foreground Dice of a predictor on validation volumes, by sliding-window inference.
+    """The project's mean Dice (``search.dice``) of a predictor on validation volumes, by sliding-window inference.
 
-    The preprocessed volumes are read once (``cases``) and kept. The fitness is the mean over foreground classes of
-    the per-class Dice averaged over the cases where that class is present. Under DDP each rank is given its own
-    share of the cases (possibly none) and the per-class sums and counts are added over ranks, so every rank gets
-    the Dice of the whole validation set.
+    The preprocessed volumes are read once (``cases``) and kept. Under DDP each rank is given its own share of the
+    cases (possibly none) and the per-class sums and counts are added over ranks, so every rank gets the Dice of the
+    whole validation set.
 
     Args:
         cases: preprocessed validation cases (dicts with ``image`` ``(C, *S)`` and ``label`` ``(1, *S)``).
@@ -130,7 +129,7 @@ class DiceEvaluator:
 
     @torch.inference_mode()
     def per_class(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Dice per foreground class and case, ``(cases, num_classes - 1)``, NaN where the class is absent."""
+        """Dice per case and foreground class, ``(cases, num_classes - 1)`` (``dice_per_case``)."""
         rows = []
         for image, label in self.cases:
             with torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
@@ -139,15 +138,12 @@ class DiceEvaluator:
                 )
             prediction = one_hot(logits.argmax(1, keepdim=True), self.num_classes)
             truth = one_hot(label[None].to(self.device).long(), self.num_classes)
-            rows.append(compute_dice(prediction, truth, include_background=False, ignore_empty=True).cpu())
+            rows.append(dice_per_case(prediction, truth).cpu())
         return torch.cat(rows).float() if rows else torch.empty(0, self.num_classes - 1)
 
     def __call__(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> float:
-        per_case = self.per_class(predictor).double()
-        present = ~per_case.isnan()
-        totals = all_reduce_sum(torch.stack([torch.where(present, per_case, 0.0).sum(0), present.sum(0).double()]))
-        per_class = torch.where(totals[1] > 0, totals[0] / totals[1].clamp(min=1), 0.0)  # absent everywhere: 0
-        return float(per_class.mean())
+        """The mean Dice over all ranks' cases (NaN when no class has a value)."""
+        return dice_from_totals(all_reduce_sum(dice_totals(self.per_class(predictor))))[0]
 
 
 def _plain(x) -> torch.Tensor:

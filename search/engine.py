@@ -11,8 +11,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
-from ..networks import Architecture
-from .distributed import average_gradients
+from networks import Architecture
+from search.distributed import average_gradients
 
 __all__ = ["cosine_schedule", "create_supernet_trainer", "run_trainer"]
 

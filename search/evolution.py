@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Dict, List, Optional
 
-from .space import rng
+from search.space import rng
 
 __all__ = ["AgingEvolution"]
 

@@ -11,8 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..networks import Architecture, topology_wiring  # noqa: E402
-from ..networks.fileio import atomic_write  # noqa: E402
+from networks import Architecture, topology_wiring  # noqa: E402
+from networks.fileio import atomic_write  # noqa: E402
 
 __all__ = ["plot_fitness", "plot_architecture", "OP_COLOURS"]
 

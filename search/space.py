@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from ..networks import NUM_LEVELS, OPS, enumerate_topologies
+from networks import NUM_LEVELS, OPS, enumerate_topologies
 
 __all__ = ["rng", "SearchSpace", "kmeans", "topology_features", "random_ops", "mutate_ops"]
 

@@ -24,26 +24,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from ..networks import OPS, Architecture, C2FNASSupernet, load_architecture, save_architecture
-from ..networks.c2fnas import ArchLike, as_architecture
-from ..networks.fileio import atomic_torch_save, atomic_write_json
-from .data import DiceEvaluator, PatchStream, cached_dataset
-from .distributed import barrier, broadcast_object, rank_and_world_size
-from .engine import cosine_schedule, create_supernet_trainer, run_trainer
-from .evolution import AgingEvolution
-from .plots import plot_architecture, plot_fitness
-from .space import SearchSpace, mutate_ops, random_ops, rng
+from networks import Architecture, C2FNASSupernet, load_architecture, save_architecture
+from networks.c2fnas import ArchLike, as_architecture
+from networks.fileio import atomic_torch_save, atomic_write_json
+from search.data import DiceEvaluator, PatchStream, cached_dataset
+from search.distributed import barrier, broadcast_object, rank_and_world_size
+from search.engine import cosine_schedule, create_supernet_trainer, run_trainer
+from search.evolution import AgingEvolution
+from search.plots import plot_architecture, plot_fitness
+from search.settings import SearchSettings, SearchSettingsError, check_setting
+from search.space import SearchSpace, mutate_ops, random_ops, rng
 
-__all__ = ["SearchStateError", "SearchStage", "CoarseSearch", "FineSearch"]
+__all__ = ["SearchStateError", "SearchState", "SearchStage", "CoarseSearch", "FineSearch"]
 
 STATE_FORMAT = "c2fnas-search-state/1"
 
@@ -56,90 +56,110 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class SearchState:
+    """Everything a stage needs to resume, in one place, saved atomically to one file (rank 0).
+
+    ``progress`` is JSON-able (counters, evaluation cache and history, evolution state); ``tensors`` maps names to
+    live objects (saved through their ``state_dict()``) or to state dicts; the torch RNG state is saved alongside.
+    ``settings`` is the fingerprint a saved state must match to be resumed.
+    """
+
+    def __init__(self, path: Path, settings: Dict[str, Any], is_main: bool = True):
+        self.path, self.settings, self.is_main = Path(path), settings, is_main
+        self.progress: Dict[str, Any] = {}
+        self.tensors: Dict[str, Any] = {}
+
+    def reset(self, **initial: Any) -> None:
+        """Fresh progress: the shared entries plus a stage's ``initial`` ones; no tensors."""
+        self.progress = {"iteration": 0, "evolution": None, "cache": {}, "evaluations": [], "done": False, **initial}
+        self.tensors = {}
+
+    def save(self) -> None:
+        if not self.is_main:
+            return
+        payload = {"format": STATE_FORMAT, "settings": self.settings, "progress": self.progress}
+        payload["rng"] = {"torch": torch.get_rng_state()}
+        for key, value in self.tensors.items():
+            payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
+        atomic_torch_save(payload, self.path)
+
+    def load(self, device: torch.device) -> bool:
+        """Replace progress and tensors by the saved state (``weights_only`` load); False when there is none."""
+        if not self.path.exists():
+            return False
+        try:
+            saved = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception as e:  # truncated or foreign file: say which and what to do
+            raise SearchStateError(
+                f"{self.path}: cannot read the saved search state ({e}); delete it to start over"
+            ) from e
+        if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+            raise SearchStateError(f"{self.path}: not a {STATE_FORMAT} file; delete it to start over")
+        if saved["settings"] != self.settings:
+            changed = sorted(k for k in self.settings if saved["settings"].get(k) != self.settings[k])
+            raise SearchStateError(
+                f"{self.path}: saved by a {self.settings['stage']} search with other settings (changed: "
+                f"{', '.join(changed)}); delete it to start over or choose another output_dir"
+            )
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        self.progress = saved["progress"]
+        self.tensors = {k: v for k, v in saved.items() if k not in ("format", "settings", "progress", "rng")}
+        return True
+
+
 class SearchStage:
-    """What both stages share: data, supernet training, cached evaluation, checkpoints and outputs.
+    """What both stages share: data, supernet training, cached evaluation, the state and the outputs.
 
     Args:
+        settings: ``SearchSettings`` (network, optimiser, validation, evolution, checkpoints, device).
         train_data / val_data: lists of dicts (``image``, ``label``: file paths or arrays) for ``preprocessing``.
         preprocessing: deterministic transforms (load, orientation, spacing, intensity), cached once per search.
         augmentation: random transforms applied to each preprocessed training case (crops to ``roi_size``, flips...).
-        output_dir: where the stage writes its outputs and its state.
-        in_channels / out_channels / base_channels: network width F and I/O, as deployed.
-        ops: candidate ops of every cell.
-        batch_size, learning_rate, momentum, weight_decay: SGD on the supernet (cosine decay per training phase).
-        roi_size, sw_batch_size, overlap: sliding-window validation (the deployed patch size).
-        population_size, sample_size, cycles: aging evolution.
-        seed: every random decision of the search.
-        device: ``torch.device`` or string; amp: mixed precision on CUDA.
-        checkpoint_interval: iterations between saved states; checkpoint_candidates: evaluations between them.
         loss_function: default ``DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)``, as
             the bundle's training.
-        show_progress: progress bars and per-iteration logs (rank 0 only under DDP).
     """
 
     name = "stage"
 
     def __init__(
         self,
+        settings: SearchSettings,
         train_data: Sequence[dict],
         val_data: Sequence[dict],
         preprocessing: Callable,
-        augmentation: Optional[Callable],
-        output_dir: Union[str, os.PathLike],
-        in_channels: int = 1,
-        out_channels: int = 3,
-        base_channels: int = 32,
-        ops: Sequence[str] = OPS,
-        batch_size: int = 2,
-        learning_rate: float = 0.025,
-        momentum: float = 0.9,
-        weight_decay: float = 4e-5,
-        roi_size: Union[int, Sequence[int]] = 96,
-        sw_batch_size: int = 4,
-        overlap: float = 0.25,
-        population_size: int = 20,
-        sample_size: int = 5,
-        cycles: int = 60,
-        seed: int = 0,
-        device: Union[str, torch.device] = "cpu",
-        amp: bool = False,
-        num_workers: int = 0,
-        cache_rate: float = 1.0,
-        checkpoint_interval: int = 200,
-        checkpoint_candidates: int = 5,
+        augmentation: Optional[Callable] = None,
         loss_function: Optional[Callable] = None,
-        show_progress: bool = True,
     ):
+        if not isinstance(settings, SearchSettings):
+            raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}")
+        self.settings = settings
         self.train_data, self.val_data = list(train_data), list(val_data)
         if not self.val_data:
             raise ValueError("the validation set is empty: the search needs at least one validation case")
         self.rank, self.world_size = rank_and_world_size()
         self.is_main = self.rank == 0
         self.preprocessing, self.augmentation = preprocessing, augmentation
-        self.output_dir = Path(output_dir)
-        self.in_channels, self.out_channels, self.base_channels = in_channels, out_channels, base_channels
-        self.ops = tuple(ops)
-        self.batch_size, self.learning_rate, self.momentum, self.weight_decay = (
-            batch_size,
-            learning_rate,
-            momentum,
-            weight_decay,
-        )
-        self.roi_size = (roi_size,) * 3 if isinstance(roi_size, int) else tuple(roi_size)
-        self.sw_batch_size, self.overlap = sw_batch_size, overlap
-        self.population_size, self.sample_size, self.cycles = population_size, sample_size, cycles
-        self.seed, self.device, self.amp = seed, torch.device(device), amp
-        self.num_workers, self.cache_rate = num_workers, cache_rate
-        self.checkpoint_interval, self.checkpoint_candidates = checkpoint_interval, checkpoint_candidates
+        self.output_dir = Path(settings.output_dir)
         self.loss_function = loss_function or DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
-        self.show_progress = show_progress and self.is_main
+        self.show_progress = settings.show_progress and self.is_main
         self.logger = logging.getLogger(f"c2fnas.search.{self.name}")
         if not self.is_main:  # one log under DDP
             self.logger.setLevel(logging.WARNING)
-        self.progress: Dict[str, Any] = {}
         self._stream: Optional[PatchStream] = None
         self._evaluator: Optional[DiceEvaluator] = None
         self._writer: Optional[Any] = None
+        self._state: Optional[SearchState] = None
+
+    @property
+    def state(self) -> SearchState:
+        """The stage's whole resumable state (created on first use, when the subclass's settings are known)."""
+        if self._state is None:
+            self._state = SearchState(self.path("state"), self.fingerprint(), self.is_main)
+        return self._state
+
+    @property
+    def progress(self) -> Dict[str, Any]:
+        return self.state.progress
 
     # ------------------------------------------------------------------ paths and settings
     def path(self, kind: str) -> Path:
@@ -154,17 +174,18 @@ class SearchStage:
         }
         return self.output_dir / names[kind]
 
-    def settings(self) -> Dict[str, Any]:
+    def fingerprint(self) -> Dict[str, Any]:
         """Everything that changes the result (and so must match to resume)."""
+        s = self.settings
         return {
             "stage": self.name,
             "data": _fingerprint([self.train_data, self.val_data]),
-            "network": [self.in_channels, self.out_channels, self.base_channels, list(self.ops)],
-            "optimizer": [self.batch_size, self.learning_rate, self.momentum, self.weight_decay],
-            "validation": [list(self.roi_size), self.sw_batch_size, self.overlap],
-            "evolution": [self.population_size, self.sample_size, self.cycles],
-            "seed": self.seed,
-            "amp": self.amp,
+            "network": [s.in_channels, s.out_channels, s.base_channels, list(s.ops)],
+            "optimizer": [s.batch_size, s.learning_rate, s.momentum, s.weight_decay],
+            "validation": [list(s.roi_size), s.sw_batch_size, s.overlap],
+            "evolution": [s.population_size, s.sample_size, s.cycles],
+            "seed": s.seed,
+            "amp": s.amp,
             "world_size": self.world_size,
         }
 
@@ -172,19 +193,21 @@ class SearchStage:
     @property
     def stream(self) -> PatchStream:
         if self._stream is None:
-            cases = cached_dataset(self.train_data, self.preprocessing, self.cache_rate, self.num_workers)
+            s = self.settings
+            cases = cached_dataset(self.train_data, self.preprocessing, s.cache_rate, s.num_workers)
             self._stream = PatchStream(
-                cases, self.augmentation, self.batch_size, self.seed, self.num_workers, self.rank, self.world_size
+                cases, self.augmentation, s.batch_size, s.seed, s.num_workers, self.rank, self.world_size
             )
         return self._stream
 
     @property
     def evaluator(self) -> DiceEvaluator:
         if self._evaluator is None:
+            s = self.settings
             share = self.val_data[self.rank :: self.world_size]  # this rank's validation cases
-            cases = cached_dataset(share, self.preprocessing, 1.0, self.num_workers)
+            cases = cached_dataset(share, self.preprocessing, 1.0, s.num_workers)
             self._evaluator = DiceEvaluator(
-                cases, self.out_channels, self.roi_size, self.sw_batch_size, self.overlap, self.device, self.amp
+                cases, s.out_channels, s.roi_size, s.sw_batch_size, s.overlap, s.device, s.amp
             )
         return self._evaluator
 
@@ -199,41 +222,37 @@ class SearchStage:
 
     def build_supernet(self, topologies: Sequence[Tuple[int, ...]], *key: object) -> C2FNASSupernet:
         """A supernet over ``topologies`` whose initial weights depend only on ``(seed, key)``."""
-        torch.manual_seed(rng(self.seed, "init", *key).randrange(2**31))
-        supernet = C2FNASSupernet(topologies, self.in_channels, self.out_channels, self.base_channels, self.ops)
-        return supernet.to(self.device)
+        s = self.settings
+        torch.manual_seed(rng(s.seed, "init", *key).randrange(2**31))
+        supernet = C2FNASSupernet(topologies, s.in_channels, s.out_channels, s.base_channels, s.ops)
+        return supernet.to(s.device)
 
     def train_supernet(
-        self,
-        phase: str,
-        supernet: C2FNASSupernet,
-        topologies: Sequence[Tuple[int, ...]],
-        iterations: int,
-        state: Optional[dict],
-        extra_state: Callable[[], dict],
+        self, phase: str, supernet: C2FNASSupernet, topologies: Sequence[Tuple[int, ...]], iterations: int
     ) -> None:
-        """Train ``supernet`` for ``iterations`` single-path steps (resuming from ``progress['iteration']`` and the
-        optimizer/scheduler in ``state``); each step samples one topology of ``topologies`` and one op per cell."""
+        """Train ``supernet`` for ``iterations`` single-path steps, resuming from ``progress['iteration']`` and the
+        optimizer/scheduler in the state; each step samples one topology of ``topologies`` and one op per cell.
+        Checkpoints put the supernet, optimizer and scheduler into the state and save it."""
+        s = self.settings
         optimizer = torch.optim.SGD(
-            supernet.parameters(), lr=self.learning_rate, momentum=self.momentum, weight_decay=self.weight_decay
+            supernet.parameters(), lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay
         )
         scheduler = cosine_schedule(optimizer, iterations)
-        if state is not None and state.get("optimizer") is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+        if self.state.tensors.get("optimizer") is not None:
+            optimizer.load_state_dict(self.state.tensors["optimizer"])
+            scheduler.load_state_dict(self.state.tensors["scheduler"])
         start = self.progress["iteration"]
 
         def sample(iteration: int) -> Architecture:
-            r = rng(self.seed, self.name, phase, "path", iteration)
-            return Architecture(r.choice(topologies), random_ops(r, len(topologies[0]), self.ops))
+            r = rng(s.seed, self.name, phase, "path", iteration)
+            return Architecture(r.choice(topologies), random_ops(r, len(topologies[0]), s.ops))
 
         def checkpoint(done: int) -> None:
             self.progress["iteration"] = done
-            self.save_state(supernet=supernet, optimizer=optimizer, scheduler=scheduler, **extra_state())
+            self.state.tensors.update(supernet=supernet, optimizer=optimizer, scheduler=scheduler)
+            self.state.save()
 
-        engine = create_supernet_trainer(
-            supernet, optimizer, scheduler, self.loss_function, sample, self.device, self.amp
-        )
+        engine = create_supernet_trainer(supernet, optimizer, scheduler, self.loss_function, sample, s.device, s.amp)
         run_trainer(
             engine,
             self.stream.batches(start, iterations),
@@ -241,25 +260,26 @@ class SearchStage:
             iterations,
             name=f"{self.name}/{phase}",
             checkpoint=checkpoint,
-            checkpoint_interval=self.checkpoint_interval,
+            checkpoint_interval=s.checkpoint_interval,
             summary_writer=self.writer if self.show_progress else None,
             show_progress=self.show_progress,
         )
 
     def fitness(self, supernet: C2FNASSupernet, arch: Architecture, context: str) -> float:
-        """Validation mean Dice of ``arch`` with the supernet's weights, cached per (context, architecture)."""
+        """Validation mean Dice (``search.dice``) of ``arch`` with the supernet's weights, cached per (context,
+        architecture). A validation set with no foreground anywhere has no Dice; its fitness is 0."""
         key = f"{context}|{','.join(map(str, arch.levels))}|{','.join(arch.ops)}"
         cache = self.progress["cache"]
         if key not in cache:
             supernet.eval()
-            path = supernet.path_network(arch)
-            cache[key] = broadcast_object(self.evaluator(path))  # rank 0's value decides on every rank
+            dice = broadcast_object(self.evaluator(supernet.path_network(arch)))  # rank 0's value decides
+            cache[key] = 0.0 if dice != dice else dice
             record = {"context": context, "levels": list(arch.levels), "ops": list(arch.ops), "fitness": cache[key]}
             self.progress["evaluations"].append(record)
             self.writer.add_scalar(f"{self.name}/fitness", cache[key], len(self.progress["evaluations"]))
         return cache[key]
 
-    def evolve(self, evolution: AgingEvolution, extra_state: Callable[[], dict]) -> Dict[str, Any]:
+    def evolve(self, evolution: AgingEvolution) -> Dict[str, Any]:
         """Run (or resume) ``evolution``, saving the state every ``checkpoint_candidates`` evaluations."""
         if self.progress.get("evolution"):
             evolution.load_state_dict(self.progress["evolution"])
@@ -276,56 +296,35 @@ class SearchStage:
             bar.update(1)
             bar.set_postfix(fitness=f"{record['fitness']:.4f}", best=f"{best:.4f}")
             self.writer.add_scalar(f"{self.name}/evolution_best", best, len(evolution.history))
-            if len(evolution.history) % max(1, self.checkpoint_candidates) == 0 or evolution.done:
-                self.save_state(**extra_state())
+            if len(evolution.history) % max(1, self.settings.checkpoint_candidates) == 0 or evolution.done:
+                self.state.save()
 
         best = evolution.run(after_step)
         bar.close()
         return best
 
-    # ------------------------------------------------------------------ state
-    def save_state(self, **tensors: Any) -> None:
-        """Write the whole state atomically (rank 0): settings, progress (JSON-able), tensors (state dicts), RNG."""
-        if not self.is_main:
-            return
-        payload = {"format": STATE_FORMAT, "settings": self.settings(), "progress": self.progress}
-        payload["rng"] = {"torch": torch.get_rng_state()}
-        for key, value in tensors.items():
-            payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
-        atomic_torch_save(payload, self.path("state"))
+    def new_evolution(self, random_candidate: Callable, mutate: Callable, fitness: Callable) -> AgingEvolution:
+        s = self.settings
+        return AgingEvolution(
+            self.name, s.population_size, s.sample_size, s.cycles, s.seed, random_candidate, mutate, fitness
+        )
 
-    def begin(self, **initial: Any) -> Tuple[Optional[dict], Optional[Architecture]]:
-        """Start or resume: fresh progress (the shared entries plus the stage's ``initial`` ones), replaced by the
-        saved state when there is one. Returns that state and, when the stage already finished, its result."""
-        self.progress = {"iteration": 0, "evolution": None, "cache": {}, "evaluations": [], "done": False, **initial}
-        state = self.load_state()
-        if self.progress["done"] and self.path("arch").exists():
-            return state, load_architecture(self.path("arch"))
-        return state, None
+    # ------------------------------------------------------------------ start, finish
+    def begin(self, **initial: Any) -> Optional[Architecture]:
+        """Start (fresh state with the stage's ``initial`` progress) or resume from the saved state. Returns the
+        result when the stage already finished. A finished state whose result file is gone is refused."""
+        self.state.reset(**initial)
+        if self.state.load(self.settings.device):
+            self.logger.info(f"resuming {self.name} search from {self.state.path}")
+        if self.progress["done"]:
+            if not self.path("arch").exists():
+                raise SearchStateError(
+                    f"{self.state.path}: the {self.name} search finished but its result {self.path('arch')} is "
+                    "missing; delete the state to search again"
+                )
+            return load_architecture(self.path("arch"))
+        return None
 
-    def load_state(self) -> Optional[dict]:
-        """The saved state (``weights_only`` load), or ``None`` when there is none."""
-        path = self.path("state")
-        if not path.exists():
-            return None
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # truncated or foreign file: say which and what to do
-            raise SearchStateError(f"{path}: cannot read the saved search state ({e}); delete it to start over") from e
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise SearchStateError(f"{path}: not a {STATE_FORMAT} file; delete it to start over")
-        if state["settings"] != self.settings():
-            changed = sorted(k for k in self.settings() if state["settings"].get(k) != self.settings()[k])
-            raise SearchStateError(
-                f"{path}: saved by a {self.name} search with other settings (changed: {', '.join(changed)}); "
-                "delete it to start over or choose another output_dir"
-            )
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.progress = state["progress"]
-        self.logger.info(f"resuming {self.name} search from {path}")
-        return state
-
-    # ------------------------------------------------------------------ outputs
     def write_outputs(self, arch: Architecture, history: Dict[str, Any], groups: Optional[Dict] = None) -> None:
         """The architecture file, the history and both pictures (each written atomically, by rank 0)."""
         if not self.is_main:
@@ -336,7 +335,7 @@ class SearchStage:
             history["evolution"],
             self.path("fitness_png"),
             f"{self.name} search",
-            population_size=self.population_size,
+            population_size=self.settings.population_size,
             groups=groups,
         )
         plot_architecture(arch, self.path("arch_png"), f"{self.name} search result: {arch}")
@@ -348,25 +347,27 @@ class SearchStage:
         history.update(
             {
                 "stage": self.name,
-                "settings": self.settings(),
+                "settings": self.fingerprint(),
                 "result": arch.to_dict(),
                 "evaluations": self.progress["evaluations"],
             }
         )
         self.write_outputs(arch, history, groups)
         self.progress["done"] = True
-        self.save_state()
+        self.state.tensors = {}
+        self.state.save()
         barrier()  # the files exist before any rank goes on
         self.logger.info(f"{self.name} search result: {arch} -> {self.path('arch')}")
         return arch
 
     def provenance(self, **extra: Any) -> Dict[str, Any]:
+        s = self.settings
         return {
             "stage": self.name,
-            "seed": self.seed,
-            "base_channels": self.base_channels,
-            "roi_size": list(self.roi_size),
-            "ops": list(self.ops),
+            "seed": s.seed,
+            "base_channels": s.base_channels,
+            "roi_size": list(s.roi_size),
+            "ops": list(s.ops),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **extra,
         }
@@ -393,7 +394,8 @@ class CoarseSearch(SearchStage):
     Dice of ``score_samples`` sampled members. Aging evolution then searches the best cluster, the fitness of a
     topology being its Dice averaged over ``op_samples`` op assignments. Writes the best topology (no ops).
 
-    Args (beyond ``SearchStage``):
+    Args:
+        settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
         num_cells, min_depth, max_depth, num_clusters: the search space (``SearchSpace``).
         cluster_iterations: supernet training iterations per cluster.
         score_samples: sampled members per cluster score; op_samples: op assignments per topology fitness.
@@ -403,7 +405,12 @@ class CoarseSearch(SearchStage):
 
     def __init__(
         self,
-        *args: Any,
+        settings: SearchSettings,
+        train_data: Sequence[dict],
+        val_data: Sequence[dict],
+        preprocessing: Callable,
+        augmentation: Optional[Callable] = None,
+        loss_function: Optional[Callable] = None,
         num_cells: int = 12,
         min_depth: int = 4,
         max_depth: int = 4,
@@ -411,23 +418,31 @@ class CoarseSearch(SearchStage):
         cluster_iterations: int = 2000,
         score_samples: int = 8,
         op_samples: int = 3,
-        **kwargs: Any,
     ):
-        super().__init__(*args, **kwargs)
+        super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
+        num_cells = check_setting("num_cells", num_cells, int, minimum=2)
+        min_depth = check_setting("min_depth", min_depth, int, minimum=1, maximum=4)
+        max_depth = check_setting("max_depth", max_depth, int, minimum=1, maximum=4)
+        if min_depth > max_depth:
+            raise SearchSettingsError("search settings 'min_depth' and 'max_depth': need min_depth <= max_depth")
+        num_clusters = check_setting("num_clusters", num_clusters, int, minimum=1)
+        self.cluster_iterations = check_setting("cluster_iterations", cluster_iterations, int, minimum=0)
+        self.score_samples = check_setting("score_samples", score_samples, int, minimum=1)
+        self.op_samples = check_setting("op_samples", op_samples, int, minimum=1)
         self.space = SearchSpace(
-            num_cells, min_depth=min_depth, max_depth=max_depth, num_clusters=num_clusters, seed=self.seed
+            num_cells, min_depth=min_depth, max_depth=max_depth, num_clusters=num_clusters, seed=settings.seed
         )
-        self.cluster_iterations, self.score_samples, self.op_samples = cluster_iterations, score_samples, op_samples
 
-    def settings(self) -> Dict[str, Any]:
+    def fingerprint(self) -> Dict[str, Any]:
         return {
-            **super().settings(),
+            **super().fingerprint(),
             "space": self.space.options(),
             "coarse": [self.cluster_iterations, self.score_samples, self.op_samples],
         }
 
     def op_sample(self, topology: Sequence[int], j: int) -> Tuple[str, ...]:
-        return random_ops(rng(self.seed, "coarse-ops", tuple(topology), j), len(topology), self.ops)
+        s = self.settings
+        return random_ops(rng(s.seed, "coarse-ops", tuple(topology), j), len(topology), s.ops)
 
     def topology_fitness(self, supernet: C2FNASSupernet, topology: Sequence[int], context: str) -> float:
         """Dice of ``topology`` averaged over ``op_samples`` fixed op assignments."""
@@ -438,56 +453,44 @@ class CoarseSearch(SearchStage):
         return sum(scores) / len(scores)
 
     def run(self) -> Architecture:
-        state, finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
+        finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
         if finished is not None:
             return finished
-        best_weights = state.get("best_supernet") if state else None
-
+        tensors = self.state.tensors  # "best_supernet": weights of the best cluster so far; "supernet"...: in training
         for k in range(self.progress["cluster"], self.space.num_clusters):
             members = self.space.clusters[k]
             supernet = self.build_supernet(members, "cluster", k)
-            resume = state if state is not None and state.get("supernet") is not None else None
-            if resume is not None:
-                supernet.load_state_dict(resume["supernet"])
-            self.train_supernet(
-                f"cluster{k}",
-                supernet,
-                members,
-                self.cluster_iterations,
-                resume,
-                extra_state=lambda: {"best_supernet": best_weights},
-            )
-            state = None
+            if tensors.get("supernet") is not None:  # resuming inside this cluster's training
+                supernet.load_state_dict(tensors["supernet"])
+            self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
             samples = []
             for j in range(self.score_samples):
-                topology = rng(self.seed, "score", k, j).choice(members)
+                topology = rng(self.settings.seed, "score", k, j).choice(members)
                 samples.append(self.fitness(supernet, Architecture(topology, self.op_sample(topology, j)), f"c{k}"))
             score = sum(samples) / len(samples)
             self.progress["clusters"].append({"cluster": k, "size": len(members), "score": score, "samples": samples})
             self.writer.add_scalar("coarse/cluster_score", score, k)
             self.logger.info(f"cluster {k} ({len(members)} topologies): score {score:.4f}")
             best_k = self.progress["best_cluster"]
+            best_weights = tensors.get("best_supernet")
             if best_k < 0 or score > self.progress["clusters"][best_k]["score"]:
                 self.progress["best_cluster"] = k
                 best_weights = {n: t.detach().clone() for n, t in supernet.state_dict().items()}
+            tensors.clear()
+            tensors["best_supernet"] = best_weights
             self.progress.update({"cluster": k + 1, "iteration": 0})
-            self.save_state(best_supernet=best_weights)
+            self.state.save()
 
         k = self.progress["best_cluster"]
         members = self.space.clusters[k]
         supernet = self.build_supernet(members, "cluster", k)
-        supernet.load_state_dict(best_weights)
-        evolution = AgingEvolution(
-            "coarse",
-            self.population_size,
-            self.sample_size,
-            self.cycles,
-            self.seed,
+        supernet.load_state_dict(tensors["best_supernet"])
+        evolution = self.new_evolution(
             random_candidate=lambda r: r.choice(members),
             mutate=lambda r, parent: self.space.mutate_topology(r, tuple(parent), members),
             fitness=lambda topology: self.topology_fitness(supernet, topology, f"c{k}"),
         )
-        best = self.evolve(evolution, extra_state=lambda: {"best_supernet": best_weights})
+        best = self.evolve(evolution)
         arch = Architecture(
             tuple(best["candidate"]),
             None,
@@ -518,41 +521,50 @@ class FineSearch(SearchStage):
     evolution searches the ``len(ops) ** num_cells`` op assignments (mutation: one cell's op). Writes the final
     architecture.
 
-    Args (beyond ``SearchStage``):
+    Args:
+        settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
         topology: the coarse result (an architecture file path, dict or ``Architecture``; its ops are ignored).
         iterations: supernet training iterations.
     """
 
     name = "fine"
 
-    def __init__(self, *args: Any, topology: ArchLike, iterations: int = 20000, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        settings: SearchSettings,
+        train_data: Sequence[dict],
+        val_data: Sequence[dict],
+        preprocessing: Callable,
+        augmentation: Optional[Callable] = None,
+        loss_function: Optional[Callable] = None,
+        topology: Optional[ArchLike] = None,
+        iterations: int = 20000,
+    ):
+        super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
+        if topology is None:
+            raise SearchSettingsError("search setting 'topology': the fine search needs the coarse result")
         self.topology = as_architecture(topology, require_ops=False)
-        self.iterations = iterations
+        self.iterations = check_setting("fine_iterations", iterations, int, minimum=0)
 
-    def settings(self) -> Dict[str, Any]:
-        return {**super().settings(), "topology": list(self.topology.levels), "fine": [self.iterations]}
+    def fingerprint(self) -> Dict[str, Any]:
+        return {**super().fingerprint(), "topology": list(self.topology.levels), "fine": [self.iterations]}
 
     def run(self) -> Architecture:
-        state, finished = self.begin()
+        finished = self.begin()
         if finished is not None:
             return finished
-        levels = self.topology.levels
+        levels, ops = self.topology.levels, self.settings.ops
         supernet = self.build_supernet([levels], "fine")
-        if state is not None and state.get("supernet") is not None:
-            supernet.load_state_dict(state["supernet"])
-        self.train_supernet("ops", supernet, [levels], self.iterations, state, extra_state=dict)
-        evolution = AgingEvolution(
-            "fine",
-            self.population_size,
-            self.sample_size,
-            self.cycles,
-            self.seed,
-            random_candidate=lambda r: random_ops(r, len(levels), self.ops),
-            mutate=lambda r, parent: mutate_ops(r, parent, self.ops),
-            fitness=lambda ops: self.fitness(supernet, Architecture(levels, tuple(ops)), "fine"),
+        if self.state.tensors.get("supernet") is not None:
+            supernet.load_state_dict(self.state.tensors["supernet"])
+        self.train_supernet("ops", supernet, [levels], self.iterations)
+        self.state.tensors = {"supernet": supernet}  # evolution checkpoints keep the trained supernet
+        evolution = self.new_evolution(
+            random_candidate=lambda r: random_ops(r, len(levels), ops),
+            mutate=lambda r, parent: mutate_ops(r, parent, ops),
+            fitness=lambda candidate: self.fitness(supernet, Architecture(levels, tuple(candidate)), "fine"),
         )
-        best = self.evolve(evolution, extra_state=lambda: {"supernet": supernet})
+        best = self.evolve(evolution)
         arch = Architecture(
             levels,
             tuple(best["candidate"]),

@@ -13,60 +13,61 @@ import numpy as np
 from monai.transforms import Compose, EnsureTyped, RandFlipd
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-TINY = {  # overrides that make every stage a few seconds on CPU
-    "base_channels": 4,
-    "roi_size": [32, 32, 32],
-    "pixdim": [2.0, 2.0, 2.0],
-    "num_workers": 0,
-    "num_samples": 1,
-    "sw_overlap": 0.25,
-    "num_clusters": 2,
-    "cluster_iterations": 3,
-    "score_samples": 1,
-    "op_samples": 1,
-    "population_size": 2,
-    "sample_size": 1,
-    "cycles": 1,
-    "fine_iterations": 3,
-    "max_epochs": 2,
-    "val_interval": 1,
-}
+CONFIGS = BUNDLE / "configs"
+TINY_PROFILE = Path(__file__).resolve().parent / "data" / "tiny_profile.json"  # every stage a few seconds on CPU
+TINY = json.loads(TINY_PROFILE.read_text())
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")  # 2 CPU processes
 
 
-# torchrun with 2 CPU processes (gloo)
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+def launch(args, cwd, torchrun=False, wait=True, timeout=900):
+    """``python ARGS`` (or the same under torchrun with 2 CPU processes, gloo) in a fresh process from ``cwd``, without
+    PYTHONPATH (the bundle and the project must find their own code). With ``wait`` returns the finished
+    ``CompletedProcess``; otherwise the running ``Popen`` in its own session (stderr piped, for ``run_or_kill``)."""
+    argv = [*(TORCHRUN if torchrun else (sys.executable,)), *map(str, args)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if torchrun:
+        env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
+    if not wait:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def monai_bundle(command, *args, cwd, overrides=None, timeout=900, launcher=(sys.executable,)):
-    """``python -m monai.bundle COMMAND ARGS --key value ...`` in a fresh process from ``cwd``, without PYTHONPATH
-    (a bundle must find its own code); ``launcher`` may be ``TORCHRUN``. Asserts success and returns the output."""
-    argv = [*launcher, "-m", "monai.bundle", command, *map(str, args)]
+def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True, check=True):
+    """``python -m monai.bundle COMMAND ARGS --key value ...`` through ``launch``. With ``check`` asserts success and
+    returns stdout + stderr; otherwise returns ``(returncode, stdout, stderr)`` (or the ``Popen`` without ``wait``)."""
+    argv = ["-m", "monai.bundle", command, *map(str, args)]
     for key, value in (overrides or {}).items():
         text = value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)
         argv += [f"--{key}", text]  # fire reads Python literals: True/False, not JSON's true/false
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if launcher == TORCHRUN:
-        env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
+    done = launch(argv, cwd, torchrun=torchrun, wait=wait)
+    if not wait:
+        return done
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+    return done.returncode, done.stdout, done.stderr
 
 
-def bundle_run(config_files, cwd, overrides, launcher=(sys.executable,)):
-    """``python -m monai.bundle run`` of this repository's bundle with ``config_files`` (names in bundle/configs, or
-    absolute paths) and overrides."""
-    paths = [f if os.path.isabs(str(f)) else BUNDLE / "configs" / f for f in config_files]
+def bundle_run(configs, cwd, overrides=None, profile=TINY_PROFILE, bundle=BUNDLE, **kwargs):
+    """The one way the tests run a stage: ``python -m monai.bundle run`` over ``common.json``, the stage ``configs``
+    (names in ``<bundle>/configs`` or paths) and ``profile`` (the tiny test profile unless None), with overrides.
+    Other keyword arguments as ``monai_bundle``."""
+    configs_dir = Path(bundle) / "configs"
+    files = [configs_dir / "common.json"] + [Path(c) if os.path.isabs(str(c)) else configs_dir / c for c in configs]
+    files += [profile] if profile is not None else []
     return monai_bundle(
         "run",
         "--config_file",
-        "[" + ",".join(f"'{p}'" for p in paths) + "]",
+        "[" + ",".join(f"'{f}'" for f in files) + "]",
         "--meta_file",
-        BUNDLE / "configs" / "metadata.json",
+        configs_dir / "metadata.json",
         "--logging_file",
-        BUNDLE / "configs" / "logging.conf",
+        configs_dir / "logging.conf",
         cwd=cwd,
-        overrides={"bundle_root": str(BUNDLE), **overrides},
-        launcher=launcher,
+        overrides={"bundle_root": str(bundle), **(overrides or {})},
+        **kwargs,
     )
 
 
@@ -151,15 +152,10 @@ def array_transforms():
 
 def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **overrides):
     """A CoarseSearch or FineSearch on tiny rods data (F=4, 6 cells), small enough for tests on 2 CPU cores."""
-    sys.path.insert(0, str(BUNDLE))
-    from scripts.search import CoarseSearch, FineSearch
+    from search import CoarseSearch, FineSearch, SearchSettings
 
     preprocessing, augmentation = array_transforms()
-    common = dict(
-        train_data=rods_data(6),
-        val_data=rods_data(2, offset=100),
-        preprocessing=preprocessing,
-        augmentation=augmentation,
+    settings = dict(
         output_dir=output_dir,
         base_channels=4,
         roi_size=(16, 16, 64),
@@ -173,10 +169,12 @@ def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **ove
         checkpoint_candidates=2,
         show_progress=False,
     )
+    stage_args = {k: overrides.pop(k) for k in list(overrides) if k not in SearchSettings.__dataclass_fields__}
+    data = (SearchSettings(**{**settings, **overrides}), rods_data(6), rods_data(2, offset=100), preprocessing)
     if stage == "coarse":
-        kwargs = dict(num_cells=6, min_depth=2, max_depth=3, num_clusters=3, cluster_iterations=12, score_samples=2)
-        return CoarseSearch(**{**common, **kwargs, "op_samples": 2, **overrides})
-    return FineSearch(**{**common, "topology": topology, "iterations": 16, **overrides})
+        budgets = dict(num_cells=6, min_depth=2, max_depth=3, num_clusters=3, cluster_iterations=12, score_samples=2)
+        return CoarseSearch(*data, augmentation, **{**budgets, "op_samples": 2, **stage_args})
+    return FineSearch(*data, augmentation, **{"topology": topology, "iterations": 16, **stage_args})
 
 
 if __name__ == "__main__":  # python helpers.py STAGE OUTPUT_DIR [TOPOLOGY_FILE]: one small search, as a subprocess

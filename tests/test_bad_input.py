@@ -5,23 +5,19 @@ leaves no output behind."""
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import BUNDLE, TINY
+from helpers import BUNDLE, bundle_run
 
-BASE = {**TINY, "val_fraction": 0.34, "max_epochs": 1}
+BASE = {"val_fraction": 0.34, "max_epochs": 1}
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    from scripts.data import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("clean") / "msd", num_cases=4, num_test=1)
+@pytest.fixture
+def clean(dataset):
+    return dataset
 
 
 def _copy(clean, tmp_path):
@@ -39,14 +35,10 @@ def _rewrite(path, change):
 
 def _run(config, tmp_path, **overrides):
     """Run a stage from another directory; returns (return code, last stderr line, whether it wrote outputs)."""
-    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in config) + "]"
-    argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
-    settings = {"bundle_root": str(BUNDLE), "output_dir": str(tmp_path / "out"), **BASE, **overrides}
-    for key, value in settings.items():
-        argv += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    lines = done.stderr.strip().splitlines()
-    return done.returncode, lines[-1] if lines else "", (tmp_path / "out").exists()
+    settings = {"output_dir": str(tmp_path / "out"), **BASE, **overrides}
+    code, _, stderr = bundle_run(config, tmp_path, settings, check=False)
+    lines = stderr.strip().splitlines()
+    return code, lines[-1] if lines else "", (tmp_path / "out").exists()
 
 
 def _first(dataset, kind="labelsTr"):
@@ -123,7 +115,7 @@ def test_invalid_architecture_file(clean, tmp_path):
 
 @pytest.mark.parametrize("kind", ["other width", "other architecture", "not a weights file"])
 def test_weights_that_do_not_fit(clean, tmp_path, kind):
-    from scripts.networks import C2FNASNet
+    from networks import C2FNASNet
 
     weights = tmp_path / "weights.pt"
     if kind == "other width":

@@ -1,28 +1,21 @@
-"""The MONAI bundle: model-zoo acceptance checks and every stage config through `python -m monai.bundle run`."""
+"""The MONAI bundle: model-zoo acceptance checks on the release zip and every stage through `python -m monai.bundle
+run`."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import BUNDLE, TINY, bundle_run, http_server, monai_bundle, run_or_kill
+from helpers import BUNDLE, bundle_run, http_server, launch, monai_bundle, run_or_kill
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    sys.path.insert(0, str(BUNDLE))
-    from scripts.data import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "msd", num_cases=6, num_test=1)
-
-
 def test_required_files_and_version():
-    for name in ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
+    for name in ["LICENSE", "configs/metadata.json", "configs/common.json", "configs/inference.json",
+                 "configs/train.json",
                  "configs/evaluate.json", "configs/search_coarse.json", "configs/search_fine.json",
                  "configs/logging.conf", "configs/cpu_profile.json", "configs/multi_gpu_train.json",
                  "configs/multi_gpu_evaluate.json", "configs/multi_gpu_search.json", "models/architecture.json",
@@ -41,21 +34,22 @@ def test_required_files_and_version():
         assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{config.name}: not 4-space JSON"
 
 
-def test_verify_metadata_against_shipped_schema(tmp_path):
-    meta = BUNDLE / "configs" / "metadata.json"
+def test_verify_metadata_against_shipped_schema(release, tmp_path):
+    meta = release[2] / "configs" / "metadata.json"
     out = monai_bundle("verify_metadata", "--meta_file", meta, "--filepath", SCHEMA, cwd=tmp_path)
     assert "metadata is verified with no error" in out
 
 
-def test_verify_net_in_out():
+def test_verify_net_in_out(release):
+    bundle = release[2]
     out = monai_bundle(
         "verify_net_in_out",
         "network_def",
-        cwd=BUNDLE,  # as model-zoo's CI runs it: from the bundle root, so `scripts` imports
+        cwd=bundle,  # as model-zoo's CI runs it: from the bundle root, so `scripts`, `networks`, `search` import
         overrides={
-            "meta_file": str(BUNDLE / "configs" / "metadata.json"),
-            "config_file": str(BUNDLE / "configs" / "inference.json"),
-            "bundle_root": str(BUNDLE),
+            "meta_file": str(bundle / "configs" / "metadata.json"),
+            "config_file": str(bundle / "configs" / "inference.json"),
+            "bundle_root": str(bundle),
             "device": "cpu",
             "base_channels": 8,
         },
@@ -65,7 +59,7 @@ def test_verify_net_in_out():
 
 def test_shipped_weights_fit_the_shipped_architecture():
     """models/model.pt: tensors only (weights_only), on the CPU, and strictly C2FNAS-Panc at F = 32."""
-    from scripts.networks import C2FNASNet
+    from networks import C2FNASNet
 
     state = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in state.values())
@@ -74,20 +68,21 @@ def test_shipped_weights_fit_the_shipped_architecture():
     assert sum(p.numel() for p in net.parameters()) == 15_400_771
 
 
-def test_ckpt_export_torchscript_equals_eager(tmp_path):
+def test_ckpt_export_torchscript_equals_eager(release, tmp_path):
     """model-zoo's TorchScript check on the shipped weights: the exported module computes what the eager one does."""
-    from scripts.networks import C2FNASNet
+    from networks import C2FNASNet
 
+    bundle = release[2]
     monai_bundle(
         "ckpt_export",
         "network_def",
-        cwd=BUNDLE,
+        cwd=bundle,
         overrides={
             "filepath": str(tmp_path / "model.ts"),
-            "ckpt_file": str(BUNDLE / "models" / "model.pt"),
-            "meta_file": str(BUNDLE / "configs" / "metadata.json"),
-            "config_file": str(BUNDLE / "configs" / "inference.json"),
-            "bundle_root": str(BUNDLE),
+            "ckpt_file": str(bundle / "models" / "model.pt"),
+            "meta_file": str(bundle / "configs" / "metadata.json"),
+            "config_file": str(bundle / "configs" / "inference.json"),
+            "bundle_root": str(bundle),
         },
     )
     net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 32).eval()
@@ -99,24 +94,30 @@ def test_ckpt_export_torchscript_equals_eager(tmp_path):
 
 
 @pytest.mark.parametrize("workflow_type, config", [("train", "train.json"), ("inference", "inference.json")])
-def test_check_properties(workflow_type, config):
+def test_check_properties(release, workflow_type, config):
+    """On the released single-file configs, as model-zoo's CI and MONAI Label read them, and on the repository's
+    layered ones (common.json + stage)."""
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / config),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(BUNDLE),
-    )
-    workflow.initialize()
-    assert workflow.check_properties() == []
+    for bundle, files in [
+        (release[2], [release[2] / "configs" / config]),
+        (BUNDLE, [BUNDLE / "configs" / "common.json", BUNDLE / "configs" / config]),
+    ]:
+        workflow = ConfigWorkflow(
+            config_file=[str(f) for f in files],
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            logging_file=str(bundle / "configs" / "logging.conf"),
+            workflow_type=workflow_type,
+            bundle_root=str(bundle),
+        )
+        workflow.initialize()
+        assert workflow.check_properties() == [], bundle
 
 
 def test_stage_chain_through_monai_bundle_run(dataset, tmp_path):
     """search_coarse -> search_fine -> train -> evaluate -> inference, each a `monai.bundle run`, from another cwd."""
     out = tmp_path / "outputs"
-    common = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out)}
+    common = {"dataset_dir": str(dataset), "output_dir": str(out)}
     shipped = {p.name: p.read_bytes() for p in (BUNDLE / "models").iterdir()}
     bundle_run(["search_coarse.json"], tmp_path, common)
     assert (out / "search" / "arch_coarse.json").is_file() and (out / "search" / "arch_coarse.png").is_file()
@@ -180,20 +181,19 @@ def test_synthetic_case_is_ct_like():
     assert set(label.ravel().tolist()) <= {0, 1, 2}
 
 
-def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
+def test_release_zip_is_deterministic_and_downloads(dataset, release, tmp_path):
     import zipfile
 
-    sys.path.insert(0, str(ROOT))
     from release import NAME, build
 
-    zip_path, sha1 = build(BUNDLE, tmp_path / "dist")
+    zip_path, sha1, _ = release
     again, sha1_again = build(BUNDLE, tmp_path / "dist2")
     assert sha1 == sha1_again and zip_path.read_bytes() == again.read_bytes()
     names = zipfile.ZipFile(zip_path).namelist()
     assert all(n.startswith(f"{NAME}/") for n in names)
     for needed in ["configs/metadata.json", "configs/inference.json", "LICENSE", "models/architecture.json",
-                   "models/model.pt", "scripts/__init__.py", "scripts/networks/c2fnas.py",
-                   "scripts/search/stages.py"]:  # fmt: skip
+                   "models/model.pt", "scripts/__init__.py", "networks/c2fnas.py",
+                   "search/stages.py"]:  # fmt: skip
         assert f"{NAME}/{needed}" in names, needed
     assert f"{NAME}/large_files.yml" not in names  # as model-zoo releases: the listed files are inside
     assert not [n for n in names if "__pycache__" in n or "/outputs/" in n or "/data/" in n]
@@ -203,13 +203,16 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
         url = f"{base}/{zip_path.name}"
         monai_bundle("download", "--name", NAME, "--bundle_dir", downloads, "--url", url, cwd=tmp_path)
     downloaded = downloads / NAME
-    assert (downloaded / "scripts" / "networks" / "c2fnas.py").is_file()
-    assert not (downloaded / "scripts" / "networks").is_symlink()
+    assert (downloaded / "networks" / "c2fnas.py").is_file() and (downloaded / "search" / "stages.py").is_file()
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # the downloaded bundle as shipped: its own weights, default settings
     overrides = {"bundle_root": str(downloaded), "dataset_dir": str(dataset), "output_dir": str(tmp_path / "out")}
-    monai_bundle("run", "--config_file", downloaded / "configs" / "inference.json", cwd=elsewhere, overrides=overrides)
+    where = elsewhere / "where.json"  # which copy of the packages the run imported
+    where.write_text(json.dumps({"+finalize": ["$print('packages:', __import__('networks').__file__)"]}))
+    config = f"['{downloaded / 'configs' / 'inference.json'}','{where}']"
+    log = monai_bundle("run", "--config_file", config, cwd=elsewhere, overrides=overrides)
+    assert f"packages: {downloaded / 'networks' / '__init__.py'}" in log, "the zip's own copy"
     (seg,) = (tmp_path / "out" / "inference").glob("*_seg.nii.gz")
     import nibabel as nib
 
@@ -221,28 +224,25 @@ def test_release_zip_is_deterministic_and_downloads(dataset, tmp_path):
 def test_training_resumes_after_sigkill(dataset, tmp_path):
     """train.json killed (SIGKILL) after its second epoch continues from its saved state when run again."""
     out = tmp_path / "outputs"
-    overrides = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 5, "val_interval": 2}
-    argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json")]
-    argv += [x for k, v in {**overrides, "bundle_root": str(BUNDLE)}.items() for x in (f"--{k}", json.dumps(v))]
+    overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 5, "val_interval": 2}
     state_file = out / "models" / "training_state.pt"
-    process = subprocess.Popen(
-        argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    process = bundle_run(["train.json"], tmp_path, overrides, wait=False)
 
     def after_two_epochs(state):
         return state["trainer"]["iteration"] >= 2 * state["trainer"]["epoch_length"]
 
     assert not run_or_kill(process, state_file, after_two_epochs), "killed during training"
     killed_at = torch.load(state_file, weights_only=True)
-    assert not killed_at["finished"]
     epoch = killed_at["trainer"]["iteration"] // killed_at["trainer"]["epoch_length"]
+    assert epoch < killed_at["trainer"]["max_epochs"]  # not finished
     assert 2 <= epoch < 5 and (out / "models" / "model.pt").is_file()
     log = bundle_run(["train.json"], tmp_path, overrides)
     assert f"resuming training from {state_file} at epoch {epoch}/5" in log
     assert f"Epoch[{epoch}] Complete" not in log and "Epoch[5] Complete" in log
     final = torch.load(state_file, weights_only=True)
-    assert final["finished"] and final["trainer"]["iteration"] == 5 * final["trainer"]["epoch_length"]
-    assert final["best_model"]["best"] >= killed_at["best_model"]["best"]
+    assert final["trainer"]["max_epochs"] == 5 and final["trainer"]["iteration"] == 5 * final["trainer"]["epoch_length"]
+    best = lambda state: state["best_model"]["_saved"][0][0]  # noqa: E731  (the saver's best score)
+    assert best(final) >= best(killed_at)
     assert not [p for p in (out / "models").iterdir() if p.name.startswith(".")]  # no half-written file
 
 
@@ -267,14 +267,13 @@ def test_large_files_are_downloaded_with_their_hash_checked(tmp_path):
             bundle.mkdir()
             entry = {**listing[0], "url": f"{base}/{name}"}
             (bundle / "large_files.yml").write_text(yaml.safe_dump({"large_files": [entry]}))
-            argv = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)]
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            code, _, stderr = monai_bundle("download_large_files", "--bundle_path", bundle, cwd=tmp_path, check=False)
             target = bundle / "models" / "model.pt"
             if ok:
-                assert done.returncode == 0, done.stderr[-2000:]
+                assert code == 0, stderr[-2000:]
                 assert target.read_bytes() == (BUNDLE / "models" / "model.pt").read_bytes()
             else:
-                assert done.returncode != 0 and "hash check of downloaded file failed" in done.stderr
+                assert code != 0 and "hash check of downloaded file failed" in stderr
                 assert not target.exists()
 
 
@@ -285,7 +284,6 @@ def test_release_checks_large_files_and_leaves_out_their_list(tmp_path):
 
     import yaml
 
-    sys.path.insert(0, str(BUNDLE.parent))
     from release import NAME, ReleaseError, build
 
     bundle = tmp_path / "bundle"
@@ -309,9 +307,8 @@ def test_release_checks_large_files_and_leaves_out_their_list(tmp_path):
 
 _PAGE_FAULTS = """
 import resource, sys, torch
-sys.path.insert(0, sys.argv[1])
-from scripts.runtime import tune_runtime
-tuned = tune_runtime("cpu") if sys.argv[2] == "tuned" else False
+from scripts.runtime import tune_runtime  # run from the bundle root
+tuned = tune_runtime("cpu") if sys.argv[1] == "tuned" else False
 faults = []
 for _ in range(20):  # a 3D network allocates and frees activations of the same sizes again and again
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -329,7 +326,7 @@ def test_tuned_cpu_allocator_reuses_freed_memory():
     again from the kernel (49,152 pages of 4 KiB)."""
     results = {}
     for mode in ("default", "tuned"):
-        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, str(BUNDLE), mode], capture_output=True, text=True)
+        out = launch(["-c", _PAGE_FAULTS, mode], cwd=BUNDLE)
         assert out.returncode == 0, out.stderr
         tuned, faults = out.stdout.split()
         results[mode] = (tuned, int(faults))

@@ -2,23 +2,13 @@
 engine itself, including a SIGKILL and resume under DDP."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import BUNDLE, TINY, TORCHRUN, bundle_run, run_or_kill
+from helpers import BUNDLE, bundle_run, launch, run_or_kill
 
 TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from scripts.data import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "msd", num_cases=6, num_test=1)
 
 
 def _write(path, obj):
@@ -29,13 +19,13 @@ def _write(path, obj):
 def test_search_stages_under_torchrun(dataset, tmp_path):
     """Both search stages with 2 ranks: one result file, and every rank ends with that architecture."""
     out = tmp_path / "outputs"
-    common = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "cluster_iterations": 4}
+    common = {"dataset_dir": str(dataset), "output_dir": str(out), "cluster_iterations": 4}
     per_rank = _write(  # each rank also saves the architecture its searcher returned
         tmp_path / "per_rank.json",
         {"run": ["$torch.save(@searcher.run().to_dict(), @search_dir + '/rank' + os.environ['RANK'] + '.pt')"]},
     )
     for stage in ["coarse", "fine"]:
-        log = bundle_run([f"search_{stage}.json", "multi_gpu_search.json", per_rank], tmp_path, common, TORCHRUN)
+        log = bundle_run([f"search_{stage}.json", "multi_gpu_search.json", per_rank], tmp_path, common, torchrun=True)
         search = out / "search"
         result = json.loads((search / f"arch_{stage}.json").read_text())
         ranks = [torch.load(search / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -48,7 +38,7 @@ def test_search_stages_under_torchrun(dataset, tmp_path):
     assert json.loads((out / "search" / "arch_fine.json").read_text())["levels"] == result["levels"]
 
 
-def _train(dataset, cwd, out, launcher, extra_configs, **overrides):
+def _train(dataset, cwd, out, torchrun, extra_configs, **overrides):
     """train.json on the 4 training cases, one deterministic 32³ centre crop each, Dice computed per sample, and
     the final weights saved by every rank to ``out/final<RANK>.pt``."""
     save = _write(
@@ -62,21 +52,22 @@ def _train(dataset, cwd, out, launcher, extra_configs, **overrides):
         },
     )
     crop = [{"_target_": "CenterSpatialCropd", "keys": ["image", "label"], "roi_size": [32, 32, 32]}]
-    settings = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
-                "train#random_transforms": crop, "loss#batch": False, "train#dataloader#shuffle": False,
+    settings = {"dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
+                "augmentation#transforms": crop, "loss#batch": False, "train#dataloader#shuffle": False,
                 "max_epochs": 2, "val_interval": 2, **overrides}  # fmt: skip
-    return bundle_run(["train.json", *extra_configs, save], cwd, settings, launcher)
+    return bundle_run(["train.json", *extra_configs, save], cwd, settings, torchrun=torchrun)
 
 
 def test_ddp_training_matches_single_process(dataset, tmp_path):
     """Global batch 4: one process with batch 4 and 2 ranks with batch 2 each (learning rate given as half, since
     multi_gpu_train.json scales it by the world size) make the same updates, and both ranks end identical."""
     from monai.utils import set_determinism
-    from scripts.networks import C2FNASNet
+
+    from networks import C2FNASNet
 
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _train(dataset, tmp_path, single, (sys.executable,), [], batch_size=4, learning_rate=0.02)
-    log = _train(dataset, tmp_path, ddp, TORCHRUN, ["multi_gpu_train.json"], batch_size=2, learning_rate=0.01,
+    _train(dataset, tmp_path, single, False, [], batch_size=4, learning_rate=0.02)
+    log = _train(dataset, tmp_path, ddp, True, ["multi_gpu_train.json"], batch_size=2, learning_rate=0.01,
                  **{"train#sampler#shuffle": False})  # fmt: skip
     rank0, rank1 = (torch.load(ddp / f"final{r}.pt", weights_only=True) for r in range(2))
     reference = torch.load(single / "final0.pt", weights_only=True)
@@ -93,16 +84,16 @@ def test_ddp_training_matches_single_process(dataset, tmp_path):
 
 
 def test_ddp_evaluation_equals_single_process(dataset, tmp_path):
-    from scripts.networks import C2FNASNet
+    from networks import C2FNASNet
 
     torch.manual_seed(0)
     torch.save(C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict(), tmp_path / "w.pt")
     reports = []
-    for name, launcher, extra in [("single", (sys.executable,), []), ("ddp", TORCHRUN, ["multi_gpu_evaluate.json"])]:
+    for name, torchrun, extra in [("single", False, []), ("ddp", True, ["multi_gpu_evaluate.json"])]:
         out = tmp_path / name
-        overrides = {**TINY, "dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
+        overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
                      "ckpt_file": str(tmp_path / "w.pt")}  # fmt: skip
-        bundle_run(["train.json", "evaluate.json", *extra], tmp_path, overrides, launcher)
+        bundle_run(["train.json", "evaluate.json", *extra], tmp_path, overrides, torchrun=torchrun)
         reports.append(json.loads((out / "eval" / "dice_per_class.json").read_text()))
     assert reports[0]["cases"] == reports[1]["cases"] == 2
     assert reports[1]["per_class"] == pytest.approx(reports[0]["per_class"], abs=1e-6)
@@ -111,14 +102,7 @@ def test_ddp_evaluation_equals_single_process(dataset, tmp_path):
 def _torchrun_search(out, kill_when=None):
     """The small coarse search of helpers.py under torchrun (2 ranks); with ``kill_when(progress)`` the whole
     process group gets SIGKILL once the saved state satisfies it. Returns whether it ran to the end."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE), str(TESTS)]), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [*TORCHRUN, str(TESTS / "helpers.py"), "coarse", str(out)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = launch([TESTS / "helpers.py", "coarse", out], TESTS, torchrun=True, wait=False)
     progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
     return run_or_kill(process, Path(out) / "search_coarse_state.pt", progress_when)
 

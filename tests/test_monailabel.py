@@ -38,12 +38,10 @@ def name():
 
 
 @pytest.fixture(scope="module")
-def app_dir(tmp_path_factory, name):
+def app_dir(tmp_path_factory, name, release):
     """The monaibundle app with the release zip unpacked into ``model/`` (as ``monai.bundle download`` does)."""
-    from release import build
-
     assert (BUNDLE / "models" / "model.pt").is_file(), "the release ships models/model.pt"
-    zip_path, _ = build(BUNDLE, tmp_path_factory.mktemp("dist"))
+    zip_path = release[0]
     app = tmp_path_factory.mktemp("apps") / "monaibundle"
     shutil.copytree(SAMPLE_APP, app, ignore=shutil.ignore_patterns("__pycache__"))
     with zipfile.ZipFile(zip_path) as archive:
@@ -53,14 +51,12 @@ def app_dir(tmp_path_factory, name):
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory):
+def studies(tmp_path_factory, dataset):
     """Three labelled synthetic CT studies (labels in ``labels/final``) and one without a label."""
-    from scripts.data import generate_synthetic_dataset
-
-    msd = generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "msd", num_cases=3, num_test=1)
+    msd = dataset
     studies = tmp_path_factory.mktemp("studies")
     (studies / "labels" / "final").mkdir(parents=True)
-    for image in sorted((msd / "imagesTr").glob("*.nii.gz")):
+    for image in sorted((msd / "imagesTr").glob("*.nii.gz"))[:3]:
         shutil.copy(image, studies / image.name)
         shutil.copy(msd / "labelsTr" / image.name, studies / "labels" / "final" / image.name)
     for image in sorted((msd / "imagesTs").glob("*.nii.gz")):
@@ -82,8 +78,8 @@ def _check_label(label_file, study_file):
     return values
 
 
-def test_python_api_lists_infers_and_trains(app_dir, studies, name):
-    sys.path.insert(0, str(app_dir))
+def test_python_api_lists_infers_and_trains(app_dir, studies, name, monkeypatch):
+    monkeypatch.syspath_prepend(str(app_dir))  # the sample app's own modules (main, lib)
     from main import MyApp
 
     app = MyApp(str(app_dir), str(studies), _conf(name))
@@ -108,7 +104,9 @@ def test_python_api_lists_infers_and_trains(app_dir, studies, name):
 
     trained = torch.load(checkpoint, map_location="cpu", weights_only=True)
     pretrained = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert trained["finished"] and set(trained["network"]) == set(pretrained)
+    progress = trained["trainer"]  # finished: one epoch of one
+    assert progress["max_epochs"] == 1 and progress["iteration"] == progress["epoch_length"]
+    assert set(trained["network"]) == set(pretrained)
     assert any(not torch.equal(trained["network"][k], pretrained[k]) for k in pretrained), "one epoch changed it"
     assert (bundle / "models" / "model.pt").read_bytes() == shipped, "the shipped weights are not overwritten"
 

@@ -1,17 +1,15 @@
 """The search engine: space, clustering, evolution, data stream, evaluation, both stages, resume after SIGKILL."""
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import rods_case, run_or_kill, small_stage
-from scripts.networks import Architecture, enumerate_topologies, load_architecture, topology_error
-from scripts.search import (
+from helpers import launch, rods_case, run_or_kill, small_stage
+
+from networks import Architecture, enumerate_topologies, load_architecture, topology_error
+from search import (
     AgingEvolution,
     DiceEvaluator,
     PatchStream,
@@ -103,11 +101,12 @@ def test_patch_stream_is_a_function_of_seed_and_iteration():
     stream = PatchStream(cases, augmentation, batch_size=2, seed=7)
     straight = [b["image"] for b in stream.batches(0, 5)]
     resumed = [b["image"] for b in stream.batches(3, 5)]
+    assert len(straight) == 5 and len(resumed) == 2 and all(len(b) == 2 for b in straight)
     assert all(torch.equal(a, b) for a, b in zip(straight[3:], resumed))
-    workers = PatchStream(cases, augmentation, batch_size=2, seed=7, num_workers=2)
-    assert all(torch.equal(a, b["image"]) for a, b in zip(straight, workers.batches(0, 5)))
+    workers = [b["image"] for b in PatchStream(cases, augmentation, batch_size=2, seed=7, num_workers=2).batches(0, 5)]
+    assert len(workers) == 5 and all(torch.equal(a, b) for a, b in zip(straight, workers))
     other = [b["image"] for b in PatchStream(cases, augmentation, batch_size=2, seed=8).batches(0, 5)]
-    assert not all(torch.equal(a, b) for a, b in zip(straight, other))
+    assert len(other) == 5 and not all(torch.equal(a, b) for a, b in zip(straight, other))
     ranks = [PatchStream(cases, augmentation, 2, 7, rank=r, world_size=2).draws(4) for r in range(2)]
     assert ranks == [[16, 17], [18, 19]]  # iteration 4, partitioned by rank
 
@@ -182,9 +181,7 @@ def test_resume_refuses_other_settings(tmp_path):
 
 def _run(stage, out, kill_when=None, topology=None):
     """Run helpers.py as a real subprocess; with ``kill_when(state)`` SIGKILL it once the saved state satisfies it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "bundle"), str(TESTS)])}
-    args = [sys.executable, str(TESTS / "helpers.py"), stage, str(out)] + ([str(topology)] if topology else [])
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = launch([TESTS / "helpers.py", stage, out] + ([topology] if topology else []), TESTS, wait=False)
     progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
     return run_or_kill(process, Path(out) / f"search_{stage}_state.pt", progress_when, timeout=300)
 
@@ -225,33 +222,37 @@ def test_fine_search_picks_the_op_the_task_needs(tmp_path):
     """Rods that only context along the third axis separates: the fine stage should choose 3D over 2D."""
     from helpers import array_transforms, rods_data
     from monai.losses import DiceCELoss
-    from scripts.search import FineSearch
+
+    from search import FineSearch, SearchSettings
 
     preprocessing, augmentation = array_transforms()
     big = dict(shape=(32, 32, 48), rods=4, radius2=6)
     picks, by_count = [], {}
     for seed in range(3):
-        search = FineSearch(
-            train_data=rods_data(12, **big),
-            val_data=rods_data(6, offset=100, **big),
-            preprocessing=preprocessing,
-            augmentation=augmentation,
+        settings = SearchSettings(
             output_dir=tmp_path / str(seed),
-            topology={"format": "c2fnas-arch/1", "levels": [1, 2, 2, 1]},
             ops=("2D", "3D"),
             base_channels=8,
             roi_size=(32, 32, 48),
             batch_size=2,
             sw_batch_size=1,
             learning_rate=0.05,
-            iterations=400,
             population_size=6,
             sample_size=3,
             cycles=8,
             seed=seed,
             checkpoint_interval=0,
             show_progress=False,
+        )
+        search = FineSearch(
+            settings,
+            train_data=rods_data(12, **big),
+            val_data=rods_data(6, offset=100, **big),
+            preprocessing=preprocessing,
+            augmentation=augmentation,
             loss_function=DiceCELoss(to_onehot_y=True, softmax=True),  # per-sample Dice suits these volumes
+            topology={"format": "c2fnas-arch/1", "levels": [1, 2, 2, 1]},
+            iterations=400,
         )
         picks.append(search.run().ops.count("3D"))
         for e in search.progress["evaluations"]:

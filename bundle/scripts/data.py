@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-
-from . import one_line
+from scripts.errors import DatasetError, one_line
 
 __all__ = [
     "DatasetError",
@@ -30,10 +29,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-
-
-class DatasetError(ValueError):
-    """A dataset does not follow the MSD layout; the message names the file and the problem."""
 
 
 def ensure_dataset(dataset_dir: PathLike, synthetic_dir: Optional[PathLike] = None, num_cases: int = 24) -> Path:

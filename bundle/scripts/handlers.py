@@ -1,32 +1,24 @@
-"""Ignite handlers for the bundle's configs: per-class Dice, the best model and a resumable training state, each
-written atomically and by rank 0 only under DDP."""
+"""The few pieces the bundle adds to MONAI's handlers (``CheckpointLoader``, ``CheckpointSaver``, ``MetricsSaver``),
+each as small as what MONAI lacks allows. Rank-0-only output is chosen in the configs (``_disabled_``)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from typing import Any, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from scripts.errors import WeightsError, one_line
 
-from . import one_line
-from .networks.fileio import atomic_torch_save, atomic_write_json, remove_stale_temporaries
+from networks.fileio import atomic_torch_save, atomic_write_json
+from search.dice import dice_report
 
-__all__ = ["WeightsError", "WeightsLoader", "PerClassDice", "BestModelSaver", "ResumableTraining"]
-
-
-class WeightsError(RuntimeError):
-    """A weights file cannot be read or does not fit the network; the message names the file."""
-
-
-def _rank() -> int:
-    """This process's rank, straight from ``torch.distributed`` (0 without a process group). Not ignite's
-    ``idist.get_rank()``: its first call runs collectives, which hang when only rank 0 makes it."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+__all__ = ["CheckedCheckpointLoader", "AtomicCheckpointSaver", "DiceReport", "training_unfinished"]
 
 
 def _unwrap(obj: Any) -> Any:
@@ -39,33 +31,59 @@ def _listed(names: Sequence[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-class WeightsLoader:
-    """When the engine starts, load the weights file ``path`` into ``network``, strictly and ``weights_only``.
+def _read(path: str, what: str) -> Any:
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: {what} file does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{path}: cannot read {what} ({one_line(e)})") from None
 
-    The file holds a state_dict of tensors (or ``{"model": state_dict}``). A missing or unreadable file, or weights
-    of another architecture or width, raise one ``WeightsError`` that names the file and the mismatching keys.
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (``weights_only``, ``strict``) whose failures name the file and the problem.
+
+    What MONAI lacks: a missing, unreadable or mismatching file fails inside ``torch.load`` / ``load_state_dict``
+    with a long traceback; here it is one ``WeightsError`` that names the file and lists the missing, unexpected and
+    differently shaped keys (read again only after a failure). Also: ``engine_key`` loads the engine it is attached
+    to under that key (a config cannot name the trainer inside the trainer's own handlers), and ``None`` entries of
+    ``load_dict`` (handlers disabled on this rank) are left out.
+
+    Args:
+        engine_key: when given, the key of the attached engine's state in the checkpoint.
     """
 
-    def __init__(self, path: str, network: torch.nn.Module, map_location: Any = "cpu"):
-        self.path, self.network, self.map_location = str(path), network, map_location
+    def __init__(self, *args: Any, engine_key: Optional[str] = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.load_dict = {k: v for k, v in self.load_dict.items() if v is not None}
+        self.engine_key = engine_key
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        if self.engine_key is not None:
+            self.load_dict = {**self.load_dict, self.engine_key: engine}
+        super().attach(engine)
 
-    def __call__(self, engine: Optional[Engine] = None) -> None:
-        if not os.path.isfile(self.path):
-            raise WeightsError(f"{self.path}: weights file does not exist (give --ckpt_file)")
+    def __call__(self, engine: Engine) -> None:
         try:
-            state = torch.load(self.path, map_location=self.map_location, weights_only=True)
+            super().__call__(engine)
         except Exception as e:
-            raise WeightsError(f"{self.path}: cannot read weights ({one_line(e)})") from None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise WeightsError(f"{self.path}: not a state_dict of tensors")
-        expected = _unwrap(self.network).state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
+            raise WeightsError(self.diagnose(e)) from None
+        if self.engine_key is not None:
+            self.logger.info(
+                f"resuming training from {self.load_path} at epoch {engine.state.epoch}/{engine.state.max_epochs}"
+            )
+
+    def diagnose(self, error: Exception) -> str:
+        path = str(self.load_path)
+        state = _read(path, "weights")
+        name, target = next(iter(self.load_dict.items()))
+        if not isinstance(state, Mapping):
+            return f"{path}: not a state_dict ({one_line(error)})"
+        if len(self.load_dict) == 1 and name in state:
+            state = state[name]
+        if not isinstance(target, torch.nn.Module) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            return f"{path}: does not fit ({one_line(error)}); delete it or give another file"
+        expected = _unwrap(target).state_dict()
         shapes = [
             f"{k} {tuple(state[k].shape)} (network {tuple(v.shape)})"
             for k, v in expected.items()
@@ -73,53 +91,89 @@ class WeightsLoader:
         ]
         problems = [
             f"{title}: {_listed(keys)}"
-            for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("other shapes", shapes))
+            for title, keys in (
+                ("missing keys", sorted(set(expected) - set(state))),
+                ("unexpected keys", sorted(set(state) - set(expected))),
+                ("other shapes", shapes),
+            )
             if keys
         ]
-        if problems:
-            raise WeightsError(
-                f"{self.path}: the weights do not fit the network (check --arch_file and --base_channels); "
-                + "; ".join(problems)
-            )
-        _unwrap(self.network).load_state_dict(state, strict=True)
+        reason = "; ".join(problems) or one_line(error)
+        return f"{path}: the weights do not fit the network (check --arch_file and --base_channels); {reason}"
 
 
-class BestModelSaver:
-    """After each evaluation, save ``network``'s state_dict (tensors only) to ``path`` when the key metric beats the
-    best so far (rank 0, atomic). Its ``best`` value is part of ``ResumableTraining``'s state."""
+def training_unfinished(path: str) -> bool:
+    """Whether ``path`` holds the state of a training run that has not reached its last epoch (so the same command
+    resumes it). No file, or a finished run, means training starts anew; an unreadable file is a ``WeightsError``."""
+    if not os.path.exists(path):
+        return False
+    state = _read(path, "the training state")
+    trainer = state.get("trainer") if isinstance(state, Mapping) else None  # ignite's Engine.state_dict()
+    if not isinstance(trainer, Mapping) or not {"iteration", "epoch_length", "max_epochs"} <= set(trainer):
+        raise WeightsError(f"{path}: not a training state of this bundle (no trainer progress); delete it to start over")
+    return int(trainer["iteration"]) < int(trainer["max_epochs"]) * int(trainer["epoch_length"])
 
-    def __init__(self, network: torch.nn.Module, path: str):
-        self.network, self.path = network, path
-        self.best = -math.inf
-        self.logger = logging.getLogger("c2fnas.checkpoint")
+
+class _AtomicDiskSaver(BaseSaveHandler):
+    """Writes a checkpoint by ``atomic_torch_save`` under a fixed name (or the name ignite gives), on rank 0."""
+
+    def __init__(self, dirname: str, filename: Optional[str] = None):
+        self.dirname, self.filename = Path(dirname), filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            atomic_torch_save(checkpoint, self.dirname / (self.filename or filename))
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None and (not dist.is_initialized() or dist.get_rank() == 0):
+            (self.dirname / filename).unlink(missing_ok=True)
+        # a fixed name is replaced atomically by the next save: removing it first would leave no file for a while
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files are complete or absent, with a fixed name for interval saves too.
+
+    What MONAI lacks: its disk saver writes in place (``atomic=False``) and deletes a fixed-name file before writing
+    its successor, so a kill at the wrong moment leaves a truncated ``model.pt`` or none; interval saves get a new
+    name each time; and ``CheckpointSaver`` has ``load_state_dict`` but no ``state_dict``, so the best score so far
+    cannot go into a resumable training state.
+
+    Args:
+        interval_filename: fixed file name of the interval saves (``save_interval``).
+        engine_key: when given, the attached engine's state is saved under that key too.
+        Others as MONAI's ``CheckpointSaver``.
+    """
+
+    def __init__(
+        self, *args: Any, interval_filename: Optional[str] = None, engine_key: Optional[str] = None, **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self.engine_key = engine_key
+        for checkpoint, filename in (
+            (self._final_checkpoint, kwargs.get("final_filename")),
+            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
+            (self._interval_checkpoint, interval_filename),
+        ):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, filename)
 
     def attach(self, engine: Engine) -> None:
-        if _rank() == 0:
-            remove_stale_temporaries(self.path)  # left by a killed run; the next save may be epochs away
-        engine.add_event_handler(Events.COMPLETED, self)
+        if self.engine_key is not None:
+            self.save_dict[self.engine_key] = engine  # the same dict the internal checkpoints save
+        super().attach(engine)
 
-    def __call__(self, engine: Engine) -> None:
-        metric = engine.state.metrics.get(engine.state.key_metric_name)
-        if metric is None or not metric > self.best:
-            return
-        self.best = float(metric)
-        if _rank() == 0:
-            atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
-            self.logger.info(f"best {engine.state.key_metric_name} {metric:.4f}: saved {self.path}")
-
-    def state_dict(self) -> Dict[str, float]:
-        return {"best": self.best}
-
-    def load_state_dict(self, state: Dict[str, float]) -> None:
-        self.best = float(state["best"])
+    def state_dict(self) -> Dict[str, Any]:
+        """The best-metric record (what ``load_state_dict`` restores)."""
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
 
 
-class PerClassDice:
-    """After each evaluation, log the Dice of every foreground class (mean over the cases where it is present) and,
-    when ``output_file`` is given, write them as JSON (rank 0 under DDP).
+class DiceReport:
+    """After each evaluation, log the project's Dice (``search.dice``) per class and its mean, and write them as
+    JSON to ``output_file`` when given (atomically).
 
-    Reads ``engine.state.metric_details[metric_name]`` (``(cases, classes)``, from a MONAI ``MeanDice`` with
-    ``include_background=False`` and ``save_details=True``).
+    What MONAI lacks: ``MetricsSaver``'s summary averages each case over its classes first, which is not this
+    bundle's Dice; this report applies ``search.dice.dice_report`` to the per-case values that MONAI's
+    ``IgniteMetricHandler`` keeps in ``engine.state.metric_details[metric_name]`` (gathered over ranks).
     """
 
     def __init__(
@@ -135,62 +189,8 @@ class PerClassDice:
         details = getattr(engine.state, "metric_details", {}).get(self.metric_name)
         if details is None:
             return
-        per_case = torch.as_tensor(details).float().reshape(-1, len(self.class_names))
-        per_class = per_case.nanmean(0)
-        report = {
-            "mean_dice": float(torch.nan_to_num(per_class, nan=0.0).mean()),
-            "cases": per_case.shape[0],
-            "per_class": {name: float(v) for name, v in zip(self.class_names, per_class)},
-        }
+        report = dice_report(torch.as_tensor(details).reshape(-1, len(self.class_names)), self.class_names)
         text = ", ".join(f"{k} {v:.4f}" for k, v in report["per_class"].items())
         self.logger.info(f"validation Dice on {report['cases']} cases: mean {report['mean_dice']:.4f} ({text})")
-        if self.output_file and _rank() == 0:  # one writer under DDP (the details are gathered)
-            atomic_write_json(self.output_file, report)  # creates the folder too
-
-
-class ResumableTraining:
-    """The whole training state saved to ``path`` after every ``interval`` epochs and at the end (rank 0, atomic):
-    ``objects`` (network, optimizer, LR scheduler, the best model's score...) plus the progress of the trainer it
-    is attached to. When ``path`` holds an unfinished run as training starts, every rank loads it (``weights_only``)
-    and training continues from its epoch, so a killed run resumes by running the same command again. After a
-    finished run the same command trains anew (as MONAI Label's repeated training expects); delete ``path`` to
-    start over early."""
-
-    def __init__(self, path: str, objects: Dict[str, Any], interval: int = 1):
-        self.path, self.objects, self.interval = path, dict(objects), interval
-        self.logger = logging.getLogger("c2fnas.checkpoint")
-
-    def attach(self, engine: Engine) -> None:
-        self.objects.setdefault("trainer", engine)
-        engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
-        engine.add_event_handler(Events.COMPLETED, lambda e: self.save(e, finished=True))
-
-    def _states(self) -> Dict[str, Any]:
-        return {k: _unwrap(v).state_dict() for k, v in self.objects.items()}
-
-    def save(self, engine: Engine, finished: bool = False) -> None:
-        if _rank() == 0:
-            atomic_torch_save({**self._states(), "finished": finished}, self.path)
-
-    def load(self, engine: Engine) -> None:
-        if not os.path.isfile(self.path):
-            return
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(f"{self.path}: cannot read the training state ({one_line(e)}); delete it to start over")
-        if not isinstance(state, dict):
-            raise WeightsError(f"{self.path}: not a training state (a dict of state dicts)")
-        if state.get("finished") is True:
-            return
-        missing = sorted((set(self.objects) | {"finished"}) - set(state))
-        if missing:
-            raise WeightsError(f"{self.path}: not a training state of this config (no {', '.join(missing)})")
-        max_epochs = engine.state.max_epochs
-        try:
-            Checkpoint.load_objects({k: _unwrap(v) for k, v in self.objects.items()}, state)
-        except RuntimeError as e:  # e.g. another architecture: name the file
-            raise WeightsError(f"{self.path}: does not fit this training ({one_line(e)}); delete it to start over")
-        engine.state.max_epochs = max_epochs
-        self.logger.info(f"resuming training from {self.path} at epoch {engine.state.epoch}/{max_epochs}")
+        if self.output_file:
+            atomic_write_json(self.output_file, report)

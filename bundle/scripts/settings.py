@@ -1,18 +1,16 @@
-"""Type checks of the configs' top-level settings, run by every config's ``initialize`` before anything is read or
-written, so that an override of the wrong type (``--roi_size 96``, ``--max_epochs ten``) fails at once with one
-message naming the setting."""
+"""Type checks of the data, preprocessing and training settings, run by ``initialize`` (``checked_settings`` in
+common.json, extended by train.json) before anything is read or written, so that an override of the wrong type
+(``--roi_size 96``, ``--max_epochs ten``) fails at once with one message naming the setting. The search budgets are
+checked where they are consumed, by ``search.SearchSettings`` and the stage classes."""
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
 import jsonschema
+from scripts.errors import SettingsError
 
 __all__ = ["SettingsError", "SETTINGS", "check_settings"]
-
-
-class SettingsError(ValueError):
-    """A config setting has the wrong type or value; the message names the setting."""
 
 
 _INT = {"type": "integer", "minimum": 0}
@@ -40,23 +38,9 @@ SETTINGS: Dict[str, dict] = {
     "batch_size": _POSITIVE_INT,
     "sw_batch_size": _POSITIVE_INT,
     "sw_overlap": _OVERLAP,
-    "search_overlap": _OVERLAP,
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
     "max_epochs": _POSITIVE_INT,
     "val_interval": _POSITIVE_INT,
-    "population_size": _POSITIVE_INT,
-    "sample_size": _POSITIVE_INT,
-    "cycles": _INT,
-    "checkpoint_interval": _INT,
-    "checkpoint_candidates": _INT,
-    "num_cells": {"type": "integer", "minimum": 2},
-    "min_depth": {"type": "integer", "minimum": 1, "maximum": 4},
-    "max_depth": {"type": "integer", "minimum": 1, "maximum": 4},
-    "num_clusters": _POSITIVE_INT,
-    "cluster_iterations": _INT,
-    "score_samples": _POSITIVE_INT,
-    "op_samples": _POSITIVE_INT,
-    "fine_iterations": _INT,
 }
 
 
@@ -69,6 +53,4 @@ def check_settings(**settings: Any) -> bool:
             raise SettingsError(f"setting '{name}' (config or --{name} override): {error.message}{hint}")
     if "a_min" in settings and "a_max" in settings and not settings["a_min"] < settings["a_max"]:
         raise SettingsError(f"settings 'a_min' {settings['a_min']} and 'a_max' {settings['a_max']}: need a_min < a_max")
-    if "min_depth" in settings and "max_depth" in settings and settings["min_depth"] > settings["max_depth"]:
-        raise SettingsError("settings 'min_depth' and 'max_depth': need min_depth <= max_depth")
     return True

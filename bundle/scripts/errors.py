@@ -1,0 +1,73 @@
+"""The bundle's bad-input errors and how a stage shows them.
+
+Every error about bad input (a dataset file, a setting, a weights file, an architecture file, a saved search state)
+is one of ``input_error_types()``. ``install_excepthook()`` makes the interpreter print such an error as its one
+message, without the traceback of the config machinery around it; ``C2FNAS_TRACEBACK=1`` shows the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Tuple, Type
+
+__all__ = [
+    "DatasetError",
+    "SettingsError",
+    "WeightsError",
+    "one_line",
+    "input_error_types",
+    "input_error",
+    "install_excepthook",
+]
+
+
+class DatasetError(ValueError):
+    """A dataset does not follow the MSD layout; the message names the file and the problem."""
+
+
+class SettingsError(ValueError):
+    """A config setting has the wrong type or value; the message names the setting."""
+
+
+class WeightsError(RuntimeError):
+    """A weights or training-state file cannot be read or does not fit; the message names the file."""
+
+
+def one_line(error: BaseException) -> str:
+    """``"<type>: <first line of the message>"``, for an error quoted inside another one-line message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def input_error_types() -> Tuple[Type[BaseException], ...]:
+    """The classes of bad-input errors: the bundle's own and those of ``networks`` and ``search``."""
+    from networks import ArchitectureError
+    from search import SearchSettingsError, SearchStateError
+
+    return DatasetError, SettingsError, WeightsError, ArchitectureError, SearchSettingsError, SearchStateError
+
+
+def input_error(error: Optional[BaseException]) -> Optional[BaseException]:
+    """The first bad-input error in ``error``'s chain of causes, or None."""
+    kinds, seen = input_error_types(), set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _excepthook(kind, value, traceback, _previous=sys.excepthook):
+    error = None if os.environ.get("C2FNAS_TRACEBACK") else input_error(value)
+    if error is None:
+        _previous(kind, value, traceback)
+    else:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+
+
+def install_excepthook() -> None:
+    """Show bad-input errors as one line (once per process)."""
+    if sys.excepthook is not _excepthook:
+        sys.excepthook = _excepthook

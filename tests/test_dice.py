@@ -1,0 +1,66 @@
+"""The one Dice (search.dice): its rule, and the same number in every place that reports a mean Dice."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from helpers import bundle_run
+from monai.networks.utils import one_hot
+from search import DICE_DEFINITION, ForegroundDice, dice_per_case, dice_report, reduce_dice
+
+
+def _onehot(labels):
+    return one_hot(torch.tensor(labels)[:, None, :, None, None], 3)  # (cases, 3, voxels, 1, 1)
+
+
+def test_rule_for_absent_and_false_positive_classes():
+    truth = _onehot([[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+    guess = _onehot([[0, 1, 0, 0], [0, 1, 2, 0], [0, 0, 0, 0]])
+    per_case = dice_per_case(guess, truth)
+    assert per_case[0, 0] == pytest.approx(2 / 3) and math.isnan(per_case[0, 1])  # class 2 in neither: no value
+    assert per_case[1].tolist() == [1.0, 0.0]  # class 2 predicted, absent from the label: a false positive, 0
+    assert torch.isnan(per_case[2]).all()  # an empty case says nothing
+    mean, per_class = reduce_dice(per_case)
+    assert per_class == pytest.approx([(2 / 3 + 1) / 2, 0.0])  # per class over the cases with a value
+    assert mean == pytest.approx(((2 / 3 + 1) / 2 + 0.0) / 2)  # then over classes
+    assert math.isnan(reduce_dice(per_case[2:])[0])  # nothing to count: no Dice, not 0 or 1
+    report = dice_report(per_case, ["pancreas", "tumour"])
+    assert report["mean_dice"] == mean and report["cases"] == 3 and report["definition"] == DICE_DEFINITION
+
+
+def test_per_class_first_differs_from_per_case_first():
+    """The reduction matters: a rare class weighs as much as a common one."""
+    per_case = torch.tensor([[0.9, float("nan")], [0.9, float("nan")], [0.9, 0.1]])
+    assert reduce_dice(per_case)[0] == pytest.approx(0.5)  # mean of 0.9 and 0.1
+    per_case_first = torch.nanmean(per_case, 1).mean()  # what MONAI's DiceMetric reduction="mean" gives
+    assert float(per_case_first) == pytest.approx((0.9 + 0.9 + 0.5) / 3)
+
+
+def test_monai_metric_gives_the_same_number():
+    truth = _onehot([[0, 1, 1, 2], [0, 1, 0, 0]])
+    guess = _onehot([[0, 1, 2, 2], [0, 0, 1, 2]])
+    metric = ForegroundDice()
+    for i in range(2):  # batch by batch, as an evaluator feeds it
+        metric(y_pred=guess[i : i + 1], y=truth[i : i + 1])
+    assert float(metric.aggregate()) == pytest.approx(reduce_dice(dice_per_case(guess, truth))[0])
+
+
+def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_path):
+    """Train two epochs, then evaluate the kept model: the metric the checkpoint was chosen by, metrics.csv and
+    dice_per_class.json state one number."""
+    out = tmp_path / "outputs"
+    common = {"dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34}
+    log = bundle_run(["train.json"], tmp_path, {**common, "max_epochs": 2, "val_interval": 1})
+    state = torch.load(out / "models" / "training_state.pt", weights_only=True)
+    best = state["best_model"]["_saved"][0][0]  # the key metric of the checkpoint kept as model.pt
+    assert f"val_mean_dice best value: {best}" in log
+    bundle_run(["train.json", "evaluate.json"], tmp_path, {**common, "ckpt_file": str(out / "models" / "model.pt")})
+    report = json.loads((out / "eval" / "dice_per_class.json").read_text())
+    with open(out / "eval" / "metrics.csv") as f:
+        rows = {row[0]: float(row[1]) for row in csv.reader(f) if row}
+    assert rows["val_mean_dice"] == pytest.approx(best, abs=1e-6)
+    assert report["mean_dice"] == pytest.approx(best, abs=1e-6) and report["cases"] == 2
+    counted = [v for v in report["per_class"].values() if v == v]
+    assert report["mean_dice"] == pytest.approx(sum(counted) / len(counted))
