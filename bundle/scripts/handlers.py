@@ -110,7 +110,9 @@ def training_unfinished(path: str) -> bool:
     state = _read(path, "the training state")
     trainer = state.get("trainer") if isinstance(state, Mapping) else None  # ignite's Engine.state_dict()
     if not isinstance(trainer, Mapping) or not {"iteration", "epoch_length", "max_epochs"} <= set(trainer):
-        raise WeightsError(f"{path}: not a training state of this bundle (no trainer progress); delete it to start over")
+        raise WeightsError(
+            f"{path}: not a training state of this bundle (no trainer progress); delete it to start over"
+        )
     return int(trainer["iteration"]) < int(trainer["max_epochs"]) * int(trainer["epoch_length"])
 
 
