@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import bundle_run
 from monai.networks.utils import one_hot
+
 from search import DICE_DEFINITION, ForegroundDice, dice_per_case, dice_report, reduce_dice
 
 

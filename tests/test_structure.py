@@ -72,8 +72,9 @@ def test_each_setting_is_defined_once():
 
 
 def test_bad_input_errors_are_recognised_by_class():
-    from networks import ArchitectureError
     from scripts.errors import DatasetError, input_error
+
+    from networks import ArchitectureError
     from search import SearchSettingsError, SearchStateError
 
     for error in [DatasetError("d"), ArchitectureError("a"), SearchStateError("s"), SearchSettingsError("x")]:
