@@ -97,5 +97,5 @@ class ForegroundDice(CumulativeIterationMetric):
     def aggregate(self) -> torch.Tensor:
         buffer = self.get_buffer()
         if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:
-            return torch.tensor(math.nan)
-        return torch.tensor(reduce_dice(buffer)[0])
+            return torch.tensor(math.nan, dtype=torch.float64)
+        return torch.tensor(reduce_dice(buffer)[0], dtype=torch.float64)  # exactly reduce_dice's float

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -132,11 +132,3 @@ class SearchSettings:
             raise SearchSettingsError(f"search setting 'ops': {list(self.ops)} must be a non-empty subset of {OPS}")
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "device", torch.device(self.device))
-
-    def as_dict(self) -> Dict[str, Any]:
-        """Every field, JSON-able."""
-        return {
-            f.name: (list(v) if isinstance(v, tuple) else str(v) if not isinstance(v, (int, float, bool)) else v)
-            for f in fields(self)
-            for v in [getattr(self, f.name)]
-        }

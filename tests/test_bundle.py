@@ -94,7 +94,7 @@ def test_ckpt_export_torchscript_equals_eager(release, tmp_path):
 
 
 @pytest.mark.parametrize("workflow_type, config", [("train", "train.json"), ("inference", "inference.json")])
-def test_check_properties(release, workflow_type, config):
+def test_check_properties(release, workflow_type, config, tmp_path):
     """On the released single-file configs, as model-zoo's CI and MONAI Label read them, and on the repository's
     layered ones (common.json + stage)."""
     from monai.bundle import ConfigWorkflow
@@ -109,6 +109,7 @@ def test_check_properties(release, workflow_type, config):
             logging_file=str(bundle / "configs" / "logging.conf"),
             workflow_type=workflow_type,
             bundle_root=str(bundle),
+            output_dir=str(tmp_path / "outputs"),  # nothing written into the bundle
         )
         workflow.initialize()
         assert workflow.check_properties() == [], bundle

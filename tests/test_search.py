@@ -179,6 +179,13 @@ def test_resume_refuses_other_settings(tmp_path):
         small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1)), seed=1).run()
 
 
+def test_finished_search_whose_result_was_deleted_is_refused(tmp_path):
+    small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
+    (tmp_path / "arch_fine.json").unlink()
+    with pytest.raises(SearchStateError, match="the fine search finished but its result .*arch_fine.json is missing"):
+        small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
+
+
 def _run(stage, out, kill_when=None, topology=None):
     """Run helpers.py as a real subprocess; with ``kill_when(state)`` SIGKILL it once the saved state satisfies it."""
     process = launch([TESTS / "helpers.py", stage, out] + ([topology] if topology else []), TESTS, wait=False)
