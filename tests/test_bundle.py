@@ -94,7 +94,7 @@ def test_ckpt_export_torchscript_equals_eager(release, tmp_path):
 
 
 @pytest.mark.parametrize("workflow_type, config", [("train", "train.json"), ("inference", "inference.json")])
-def test_check_properties(release, workflow_type, config, tmp_path):
+def test_check_properties(release, workflow_type, config, dataset, tmp_path):
     """On the released single-file configs, as model-zoo's CI and MONAI Label read them, and on the repository's
     layered ones (common.json + stage)."""
     from monai.bundle import ConfigWorkflow
@@ -110,6 +110,7 @@ def test_check_properties(release, workflow_type, config, tmp_path):
             workflow_type=workflow_type,
             bundle_root=str(bundle),
             output_dir=str(tmp_path / "outputs"),  # nothing written into the bundle
+            dataset_dir=str(dataset),
         )
         workflow.initialize()
         assert workflow.check_properties() == [], bundle
@@ -156,6 +157,20 @@ def test_split_is_seeded_and_disjoint(dataset):
     assert split_datalist(dataset, "validation", val_fraction=0.34, seed=1) == val
     assert all(Path(d["image"]).is_file() and Path(d["label"]).is_file() for d in train + val)
     assert len(test_datalist(dataset)) == 1
+
+
+def test_training_seed_leaves_the_split_alone(dataset):
+    """`seed` seeds training; the train/validation split has its own `split_seed`, so runs with other training seeds
+    are scored on the same validation cases."""
+    from monai.bundle import ConfigParser
+
+    def split(**overrides):
+        parser = ConfigParser(ConfigParser.load_config_files([str(BUNDLE / "configs" / "common.json")]))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(dataset), "val_fraction": 0.34, **overrides})
+        return [d["image"] for d in parser.get_parsed_content("val_datalist")]
+
+    assert split(seed=1) == split(seed=0) == split(seed=7)
+    assert any(split(split_seed=s) != split() for s in range(1, 4))
 
 
 def test_embedded_dataset_is_generated_only_at_the_default_place(tmp_path):

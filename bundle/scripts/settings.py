@@ -19,6 +19,7 @@ _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
 _OVERLAP = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
 SETTINGS: Dict[str, dict] = {
     "seed": _INT,
+    "split_seed": _INT,
     "num_workers": _INT,
     "max_cases": _INT,
     "cache_rate": _FRACTION,
