@@ -21,7 +21,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 from networks.fileio import atomic_write
 
@@ -35,10 +35,10 @@ SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def bundle_files(bundle_dir: Path, packages_dir: Optional[Path] = None) -> Iterator[Tuple[str, Path]]:
+def bundle_files(bundle_dir: Path) -> Iterator[Tuple[str, Path]]:
     """(path inside the bundle, real file) for every file that ships, in sorted order: the bundle's own files and
-    the ``PACKAGES`` from ``packages_dir`` (default: the repository root beside ``bundle_dir``)."""
-    packages_dir = packages_dir or Path(bundle_dir).resolve().parent
+    the ``PACKAGES`` from the repository root beside ``bundle_dir``."""
+    packages_dir = Path(bundle_dir).resolve().parent
     roots = [(top, bundle_dir / top) for top in INCLUDE] + [(top, packages_dir / top) for top in PACKAGES]
     found = []
     for top, root in roots:
@@ -92,13 +92,12 @@ def build(bundle_dir: Path, dist_dir: Path) -> Tuple[Path, str]:
     verify_large_files(bundle_dir)
     version = json.loads((bundle_dir / "configs" / "metadata.json").read_text())["version"]
     target = dist_dir / f"{NAME}_v{version}.zip"
-    has_common = (bundle_dir / COMMON).is_file()
 
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
             for relative, path in bundle_files(bundle_dir):
                 stage = relative.split("/", 1)[1] if relative.startswith("configs/") else ""
-                data = merged_config(bundle_dir, stage) if stage in STAGES and has_common else path.read_bytes()
+                data = merged_config(bundle_dir, stage) if stage in STAGES else path.read_bytes()
                 info = zipfile.ZipInfo(f"{NAME}/{relative}", date_time=FIXED_TIME)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16

@@ -15,7 +15,6 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 TINY_PROFILE = Path(__file__).resolve().parent / "data" / "tiny_profile.json"  # every stage a few seconds on CPU
-TINY = json.loads(TINY_PROFILE.read_text())
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")  # 2 CPU processes
 
 
@@ -50,23 +49,22 @@ def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True,
     return done.returncode, done.stdout, done.stderr
 
 
-def bundle_run(configs, cwd, overrides=None, profile=TINY_PROFILE, bundle=BUNDLE, **kwargs):
+def bundle_run(configs, cwd, overrides=None, profile=TINY_PROFILE, **kwargs):
     """The one way the tests run a stage: ``python -m monai.bundle run`` over ``common.json``, the stage ``configs``
-    (names in ``<bundle>/configs`` or paths) and ``profile`` (the tiny test profile unless None), with overrides.
+    (names in ``bundle/configs`` or paths) and ``profile`` (the tiny test profile unless None), with overrides.
     Other keyword arguments as ``monai_bundle``."""
-    configs_dir = Path(bundle) / "configs"
-    files = [configs_dir / "common.json"] + [Path(c) if os.path.isabs(str(c)) else configs_dir / c for c in configs]
+    files = [CONFIGS / "common.json"] + [Path(c) if os.path.isabs(str(c)) else CONFIGS / c for c in configs]
     files += [profile] if profile is not None else []
     return monai_bundle(
         "run",
         "--config_file",
         "[" + ",".join(f"'{f}'" for f in files) + "]",
         "--meta_file",
-        configs_dir / "metadata.json",
+        CONFIGS / "metadata.json",
         "--logging_file",
-        configs_dir / "logging.conf",
+        CONFIGS / "logging.conf",
         cwd=cwd,
-        overrides={"bundle_root": str(bundle), **(overrides or {})},
+        overrides={"bundle_root": str(BUNDLE), **(overrides or {})},
         **kwargs,
     )
 

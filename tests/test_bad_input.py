@@ -15,15 +15,10 @@ from helpers import BUNDLE, bundle_run
 BASE = {"val_fraction": 0.34, "max_epochs": 1}
 
 
-@pytest.fixture
-def clean(dataset):
-    return dataset
-
-
-def _copy(clean, tmp_path):
-    dataset = tmp_path / "msd"
-    shutil.copytree(clean, dataset)
-    return dataset
+def _copy(dataset, tmp_path):
+    copy = tmp_path / "msd"
+    shutil.copytree(dataset, copy)
+    return copy
 
 
 def _rewrite(path, change):
@@ -71,21 +66,21 @@ DATA_CASES = [
 
 
 @pytest.mark.parametrize("name, breaks, message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
-def test_bad_dataset(clean, tmp_path, name, breaks, message):
-    dataset = _copy(clean, tmp_path)
-    overrides = breaks(dataset)
+def test_bad_dataset(dataset, tmp_path, name, breaks, message):
+    broken = _copy(dataset, tmp_path)
+    overrides = breaks(broken)
     overrides = overrides if isinstance(overrides, dict) else {}
-    code, last, wrote = _run(["train.json"], tmp_path, **{"dataset_dir": str(dataset), **overrides})
+    code, last, wrote = _run(["train.json"], tmp_path, **{"dataset_dir": str(broken), **overrides})
     assert code != 0 and last.startswith("DatasetError: "), last
-    assert re.search(message.format(d=dataset), last), last
+    assert re.search(message.format(d=broken), last), last
     assert not wrote, "no output directory after bad input"
 
 
-def test_bad_test_image_for_inference(clean, tmp_path):
-    dataset = _copy(clean, tmp_path)
-    image = _first(dataset, "imagesTs")
+def test_bad_test_image_for_inference(dataset, tmp_path):
+    broken = _copy(dataset, tmp_path)
+    image = _first(broken, "imagesTs")
     image.write_bytes(image.read_bytes()[:3000])
-    code, last, wrote = _run(["inference.json"], tmp_path, dataset_dir=str(dataset))
+    code, last, wrote = _run(["inference.json"], tmp_path, dataset_dir=str(broken))
     assert code != 0 and last.startswith(f"DatasetError: {image}: cannot read this image as NIfTI"), last
     assert not wrote
 
@@ -99,22 +94,22 @@ def test_bad_test_image_for_inference(clean, tmp_path):
         ("learning_rate", "-0.1", "setting 'learning_rate' (config or --learning_rate override): -0.1 is less than"),
     ],
 )
-def test_override_of_the_wrong_type(clean, tmp_path, override, value, message):
-    code, last, wrote = _run(["train.json"], tmp_path, dataset_dir=str(clean), **{override: value})
+def test_override_of_the_wrong_type(dataset, tmp_path, override, value, message):
+    code, last, wrote = _run(["train.json"], tmp_path, dataset_dir=str(dataset), **{override: value})
     assert code != 0 and last.startswith(f"SettingsError: {message}"), last
     assert not wrote
 
 
-def test_invalid_architecture_file(clean, tmp_path):
+def test_invalid_architecture_file(dataset, tmp_path):
     arch = tmp_path / "arch.json"
     arch.write_text(json.dumps({"format": "c2fnas-arch/1", "levels": [1, 3, 2, 1]}))
-    code, last, wrote = _run(["train.json"], tmp_path, dataset_dir=str(clean), arch_file=str(arch))
+    code, last, wrote = _run(["train.json"], tmp_path, dataset_dir=str(dataset), arch_file=str(arch))
     assert code != 0 and last.startswith(f"ArchitectureError: {arch}: invalid topology"), last
     assert not wrote
 
 
 @pytest.mark.parametrize("kind", ["other width", "other architecture", "not a weights file"])
-def test_weights_that_do_not_fit(clean, tmp_path, kind):
+def test_weights_that_do_not_fit(dataset, tmp_path, kind):
     from networks import C2FNASNet
 
     weights = tmp_path / "weights.pt"
@@ -128,7 +123,7 @@ def test_weights_that_do_not_fit(clean, tmp_path, kind):
     else:
         weights.write_bytes(b"not a checkpoint")
         expected = "cannot read weights"
-    code, last, _ = _run(["inference.json"], tmp_path, dataset_dir=str(clean), ckpt_file=str(weights))
+    code, last, _ = _run(["inference.json"], tmp_path, dataset_dir=str(dataset), ckpt_file=str(weights))
     assert code != 0 and last.startswith(f"WeightsError: {weights}: "), last
     assert re.search(expected, last), last
     assert not list((tmp_path / "out").glob("inference/*.nii.gz"))

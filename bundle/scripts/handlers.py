@@ -151,13 +151,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
     ):
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
-        for checkpoint, filename in (
-            (self._final_checkpoint, kwargs.get("final_filename")),
-            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
-            (self._interval_checkpoint, interval_filename),
-        ):
-            if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, filename)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint):
+            if checkpoint is not None:  # the fixed name MONAI's own disk saver was given
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, interval_filename)
 
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
