@@ -10,7 +10,7 @@ LINTED := networks search tests benchmarks release.py $(wildcard bundle/scripts/
 LABEL_VENV := .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed
 
-.PHONY: setup label-setup demo test test-slow test-label bench lint format release
+.PHONY: setup label-setup demo test test-slow test-label bench search-quality lint format release
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ test-label: $(LABEL_STAMP)
 # Speed and memory, ratios measured side by side in one run (about 20 minutes on 2 CPU cores; README "Benchmarks").
 bench: $(STAMP)
 	$(PY) benchmarks/performance.py
+
+# Does the search beat random picks from its space? Searches, random architectures, references and MONAI's UNet and
+# SegResNet, all trained by the bundle's configs (README "Search quality"); finished parts are reused on a re-run.
+search-quality: $(STAMP)
+	$(PY) benchmarks/search_quality.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no test is marked slow

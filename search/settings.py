@@ -67,6 +67,9 @@ class SearchSettings:
         num_workers, cache_rate: data loading.
         checkpoint_interval: iterations between saved states; checkpoint_candidates: evaluations between them.
         show_progress: progress bars and per-iteration logs (rank 0 only under DDP).
+        keep_supernets: also write each trained supernet's weights to ``output_dir/supernets/`` so that other
+            architectures can be scored after the search (``CoarseSearch.score``, ``FineSearch.score``); off by default
+            (at the default budget the eight coarse supernets take several hundred MB).
     """
 
     output_dir: Union[str, os.PathLike]
@@ -92,6 +95,7 @@ class SearchSettings:
     checkpoint_interval: int = 200
     checkpoint_candidates: int = 5
     show_progress: bool = True
+    keep_supernets: bool = False
 
     def __post_init__(self) -> None:
         checks: Dict[str, Tuple[type, Dict[str, float]]] = {
@@ -114,6 +118,7 @@ class SearchSettings:
             "checkpoint_interval": (int, {"minimum": 0}),
             "checkpoint_candidates": (int, {"minimum": 0}),
             "show_progress": (bool, {}),
+            "keep_supernets": (bool, {}),
         }
         for name, (kind, bounds) in checks.items():
             object.__setattr__(self, name, check_setting(name, getattr(self, name), kind, **bounds))

@@ -118,6 +118,13 @@ class SearchSpace:
             "num_topologies": len(self.topologies),
         }
 
+    def cluster_of(self, topology: Sequence[int]) -> int:
+        """The cluster that holds ``topology``; ``ValueError`` when it is not in the space."""
+        for k, members in enumerate(self.clusters):
+            if tuple(topology) in members:
+                return k
+        raise ValueError(f"topology {list(topology)} is not in this search space ({self.options()})")
+
     @staticmethod
     def mutate_topology(r: random.Random, parent: Topology, members: Sequence[Topology]) -> Topology:
         """A valid neighbour of ``parent`` within ``members``: uniformly among those at the smallest Hamming

@@ -32,7 +32,7 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from networks import Architecture, C2FNASSupernet, load_architecture, save_architecture
+from networks import Architecture, ArchitectureError, C2FNASSupernet, load_architecture, save_architecture
 from networks.c2fnas import ArchLike, as_architecture
 from networks.fileio import atomic_torch_save, atomic_write_json
 from search.data import DiceEvaluator, PatchStream, cached_dataset
@@ -149,6 +149,7 @@ class SearchStage:
         self._evaluator: Optional[DiceEvaluator] = None
         self._writer: Optional[Any] = None
         self._state: Optional[SearchState] = None
+        self._kept: Dict[str, C2FNASSupernet] = {}
 
     @property
     def state(self) -> SearchState:
@@ -265,19 +266,51 @@ class SearchStage:
             show_progress=self.show_progress,
         )
 
+    def supernet_dice(self, supernet: C2FNASSupernet, arch: Architecture) -> float:
+        """Validation mean Dice (``search.dice``) of ``arch`` with the supernet's weights (rank 0's value on every
+        rank). A validation set with no foreground anywhere has no Dice; it counts as 0."""
+        supernet.eval()
+        dice = broadcast_object(self.evaluator(supernet.path_network(arch)))
+        return 0.0 if dice != dice else dice
+
     def fitness(self, supernet: C2FNASSupernet, arch: Architecture, context: str) -> float:
-        """Validation mean Dice (``search.dice``) of ``arch`` with the supernet's weights, cached per (context,
-        architecture). A validation set with no foreground anywhere has no Dice; its fitness is 0."""
+        """``supernet_dice``, cached per (context, architecture) and recorded in the history and TensorBoard."""
         key = f"{context}|{','.join(map(str, arch.levels))}|{','.join(arch.ops)}"
         cache = self.progress["cache"]
         if key not in cache:
-            supernet.eval()
-            dice = broadcast_object(self.evaluator(supernet.path_network(arch)))  # rank 0's value decides
-            cache[key] = 0.0 if dice != dice else dice
+            cache[key] = self.supernet_dice(supernet, arch)
             record = {"context": context, "levels": list(arch.levels), "ops": list(arch.ops), "fitness": cache[key]}
             self.progress["evaluations"].append(record)
             self.writer.add_scalar(f"{self.name}/fitness", cache[key], len(self.progress["evaluations"]))
         return cache[key]
+
+    def supernet_file(self, key: str) -> Path:
+        """Where ``keep_supernets`` writes the trained supernet ``key`` (``cluster<k>`` or ``ops``)."""
+        return self.output_dir / "supernets" / f"{self.name}_{key}.pt"
+
+    def keep_supernet(self, supernet: C2FNASSupernet, key: str) -> None:
+        """With ``settings.keep_supernets``, write ``supernet``'s topologies and weights (rank 0, atomically)."""
+        if self.settings.keep_supernets and self.is_main:
+            topologies = [list(t) for t in supernet.topologies]
+            atomic_torch_save({"topologies": topologies, "state_dict": supernet.state_dict()}, self.supernet_file(key))
+
+    def kept_supernet(self, key: str) -> C2FNASSupernet:
+        """The supernet ``key`` written by ``keep_supernet`` (``weights_only`` load), in eval mode."""
+        path = self.supernet_file(key)
+        if key not in self._kept:
+            if not path.exists():
+                raise SearchStateError(
+                    f"{path}: missing; run the {self.name} search with keep_supernets true to score architectures"
+                )
+            try:
+                saved = torch.load(path, map_location=self.settings.device, weights_only=True)
+                s = self.settings
+                supernet = C2FNASSupernet(saved["topologies"], s.in_channels, s.out_channels, s.base_channels, s.ops)
+                supernet.load_state_dict(saved["state_dict"])
+            except Exception as e:
+                raise SearchStateError(f"{path}: cannot load this kept supernet ({e})") from e
+            self._kept[key] = supernet.to(self.settings.device).eval()
+        return self._kept[key]
 
     def evolve(self, evolution: AgingEvolution) -> Dict[str, Any]:
         """Run (or resume) ``evolution``, saving the state every ``checkpoint_candidates`` evaluations."""
@@ -452,6 +485,23 @@ class CoarseSearch(SearchStage):
         ]
         return sum(scores) / len(scores)
 
+    def score(self, arch: ArchLike) -> Dict[str, float]:
+        """How the coarse stage rates ``arch``, from the kept supernet of its topology's cluster (``keep_supernets``):
+        ``architecture``, the supernet Dice of ``arch`` with its own ops, and ``topology``, the fitness the evolution
+        gives its topology (mean over the ``op_samples`` op assignments)."""
+        arch = as_architecture(arch)
+        k = self.space.cluster_of(arch.levels)
+        supernet = self.kept_supernet(f"cluster{k}")
+        topology = [
+            self.supernet_dice(supernet, Architecture(arch.levels, self.op_sample(arch.levels, j)))
+            for j in range(self.op_samples)
+        ]
+        return {
+            "cluster": k,
+            "architecture": self.supernet_dice(supernet, arch),
+            "topology": sum(topology) / len(topology),
+        }
+
     def run(self) -> Architecture:
         finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
         if finished is not None:
@@ -463,6 +513,7 @@ class CoarseSearch(SearchStage):
             if tensors.get("supernet") is not None:  # resuming inside this cluster's training
                 supernet.load_state_dict(tensors["supernet"])
             self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
+            self.keep_supernet(supernet, f"cluster{k}")
             samples = []
             for j in range(self.score_samples):
                 topology = rng(self.settings.seed, "score", k, j).choice(members)
@@ -549,6 +600,16 @@ class FineSearch(SearchStage):
     def fingerprint(self) -> Dict[str, Any]:
         return {**super().fingerprint(), "topology": list(self.topology.levels), "fine": [self.iterations]}
 
+    def score(self, arch: ArchLike) -> Dict[str, float]:
+        """How the fine stage rates ``arch`` (the coarse topology with any ops): ``architecture``, its Dice in the kept
+        fine supernet (``keep_supernets``), the fitness the evolution gives it."""
+        arch = as_architecture(arch)
+        if arch.levels != self.topology.levels:
+            raise ArchitectureError(
+                f"topology {list(arch.levels)}: the fine supernet only holds {list(self.topology.levels)}"
+            )
+        return {"architecture": self.supernet_dice(self.kept_supernet("ops"), arch)}
+
     def run(self) -> Architecture:
         finished = self.begin()
         if finished is not None:
@@ -558,6 +619,7 @@ class FineSearch(SearchStage):
         if self.state.tensors.get("supernet") is not None:
             supernet.load_state_dict(self.state.tensors["supernet"])
         self.train_supernet("ops", supernet, [levels], self.iterations)
+        self.keep_supernet(supernet, "ops")
         self.state.tensors = {"supernet": supernet}  # evolution checkpoints keep the trained supernet
         evolution = self.new_evolution(
             random_candidate=lambda r: random_ops(r, len(levels), ops),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import launch, rods_case, run_or_kill, small_stage
 
-from networks import Architecture, enumerate_topologies, load_architecture, topology_error
+from networks import Architecture, ArchitectureError, enumerate_topologies, load_architecture, topology_error
 from search import (
     AgingEvolution,
     DiceEvaluator,
@@ -171,6 +171,37 @@ def test_both_stages_end_to_end(tmp_path):
 
     again = small_stage("fine", tmp_path, topology=tmp_path / "arch_coarse.json").run()  # finished: no new work
     assert again == arch
+
+
+def test_kept_supernets_score_architectures_as_the_search_did(tmp_path):
+    """keep_supernets: the weights written after each supernet's training give back the fitness the evolution
+    recorded (the same Dice, from a fresh stage object), for the coarse topology fitness and the fine op fitness."""
+    coarse_dir, fine_dir = tmp_path / "coarse", tmp_path / "fine"
+    small_stage("coarse", coarse_dir, keep_supernets=True).run()
+    history = json.loads((coarse_dir / "search_coarse_history.json").read_text())
+    assert sorted(p.name for p in (coarse_dir / "supernets").iterdir()) == [f"coarse_cluster{k}.pt" for k in range(3)]
+    scorer = small_stage("coarse", coarse_dir, keep_supernets=True)  # a new object: nothing in memory
+    for record in history["evolution"][:3]:
+        score = scorer.score(Architecture(tuple(record["candidate"]), ("3D",) * 6))
+        assert score["cluster"] == history["best_cluster"]
+        assert score["topology"] == pytest.approx(record["fitness"], abs=1e-6)
+    evaluation = history["evaluations"][0]  # a cluster-score sample: its own ops, its own cluster's supernet
+    arch = Architecture(tuple(evaluation["levels"]), tuple(evaluation["ops"]))
+    assert scorer.score(arch)["architecture"] == pytest.approx(evaluation["fitness"], abs=1e-6)
+
+    small_stage("fine", fine_dir, topology=coarse_dir / "arch_coarse.json", keep_supernets=True).run()
+    fine_history = json.loads((fine_dir / "search_fine_history.json").read_text())
+    scorer = small_stage("fine", fine_dir, topology=coarse_dir / "arch_coarse.json", keep_supernets=True)
+    levels = tuple(fine_history["topology"])
+    for record in fine_history["evolution"][:3]:
+        score = scorer.score(Architecture(levels, tuple(record["candidate"])))
+        assert score["architecture"] == pytest.approx(record["fitness"], abs=1e-6)
+    with pytest.raises(ArchitectureError, match="the fine supernet only holds"):
+        scorer.score(Architecture((1, 1, 1, 1, 1, 1), ("3D",) * 6))
+    with pytest.raises(SearchStateError, match="keep_supernets true"):
+        small_stage("fine", tmp_path / "none", topology=coarse_dir / "arch_coarse.json").score(
+            Architecture(levels, ("3D",) * 6)
+        )
 
 
 def test_resume_refuses_other_settings(tmp_path):

@@ -14,7 +14,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from scripts.errors import DatasetError, one_line
@@ -231,11 +231,25 @@ def _save_nifti(array: np.ndarray, spacing, path: Path) -> None:
     nib.save(nib.Nifti1Image(array, affine), str(path))
 
 
+SYNTHETIC_META = {
+    "name": "SyntheticPancreas",
+    "description": "Synthetic abdominal CT slabs with a pancreas-like organ and tumour (generated)",
+    "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+}
+
+
 def generate_synthetic_dataset(
-    dataset_dir: PathLike, num_cases: int = 24, num_test: int = 2, seed: int = 0, shape=(96, 96, 40)
+    dataset_dir: PathLike,
+    num_cases: int = 24,
+    num_test: int = 2,
+    seed: int = 0,
+    shape=(96, 96, 40),
+    case: Callable[..., tuple] = synthetic_case,
+    meta: Optional[dict] = None,
 ) -> Path:
     """Write ``num_cases`` labelled and ``num_test`` unlabelled synthetic cases in MSD layout, atomically (into a
-    temporary folder, then renamed), so an interrupted generation leaves nothing half-written."""
+    temporary folder, then renamed), so an interrupted generation leaves nothing half-written. ``case(seed, shape,
+    spacing) -> (image, label)`` makes one case; ``meta`` gives its ``name``, ``description`` and ``labels``."""
     dataset_dir = Path(dataset_dir)
     if (dataset_dir / "dataset.json").exists():
         raise DatasetError(f"{dataset_dir}: already holds a dataset; not overwriting it")
@@ -247,7 +261,7 @@ def generate_synthetic_dataset(
             (tmp / folder).mkdir()
         training, test = [], []
         for i in range(num_cases + num_test):
-            image, label = synthetic_case(seed * 100003 + i, shape, spacing)
+            image, label = case(seed * 100003 + i, shape, spacing)
             name = f"synthetic_{i:03d}.nii.gz"
             if i < num_cases:
                 _save_nifti(image, spacing, tmp / "imagesTr" / name)
@@ -256,12 +270,13 @@ def generate_synthetic_dataset(
             else:
                 _save_nifti(image, spacing, tmp / "imagesTs" / name)
                 test.append(f"./imagesTs/{name}")
+        described = meta or SYNTHETIC_META
         meta = {
-            "name": "SyntheticPancreas",
-            "description": "Synthetic abdominal CT slabs with a pancreas-like organ and tumour (generated)",
+            "name": described["name"],
+            "description": described["description"],
             "tensorImageSize": "3D",
             "modality": {"0": "CT"},
-            "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+            "labels": described["labels"],
             "numTraining": num_cases,
             "numTest": num_test,
             "training": training,

@@ -1,0 +1,791 @@
+"""Search quality: does the C2FNAS search find better networks than random picks from its own space?
+
+Every network here is trained and scored by the bundle's own ``python -m monai.bundle run`` configs (``train.json``
+then ``evaluate.json``, one fixed budget: the profile's), on the same train/validation split (``split_seed`` 0):
+
+1. ``search``: the coarse and fine search (``search_coarse.json``, ``search_fine.json``) with seeds 0..S-1, keeping
+   their supernets (``keep_supernets``);
+2. ``random``: N architectures drawn uniformly from the same space (topology uniform over the valid topologies, one
+   op per cell uniformly), and M op assignments drawn uniformly on seed 0's searched topology (the fine stage's
+   space); each trained alone;
+3. ``fitness``: the supernet Dice the search would give each of them: the coarse supernets of every seed (the
+   supernet of the topology's cluster; the architecture with its own ops, and the topology as the evolution scores
+   it) and seed 0's fine supernet (the op assignments);
+4. ``reference``: each searched architecture trained alone; seed 0's also with training seeds 1..T-1 (the noise
+   floor of a stand-alone Dice); C2FNAS-Panc at the profile's width; MONAI's ``UNet`` and ``SegResNet`` (network
+   override of ``train.json``) trained for the wall time of seed 0's searched network (epochs scaled by the
+   measured training-step time ratio).
+
+Then it reports every stand-alone Dice, each searched result's percentile among the random architectures, Kendall
+tau and Spearman rho between supernet fitness and stand-alone Dice, random search at equal compute (random
+architectures trained in a random order until the search's wall time plus its network's training is spent, the
+best by validation Dice; mean over orders), the spread over seeds and the wall time of every part; writes
+``search_quality.json`` and two pictures into ``--work_dir``.
+
+Finished parts are kept in ``--work_dir/parts`` with the inputs they depend on (configs, overrides, the digest of
+the code they run, the CPU model); running the benchmark again reuses those whose inputs are unchanged, so a
+killed run continues and a change to ``search/`` re-runs only the search and what depends on it.
+
+    .venv/bin/python benchmarks/search_quality.py [--dataset_dir DIR] [--profile JSON] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundle"
+CONFIGS = BUNDLE / "configs"
+FORMAT = "c2fnas-search-quality/1"
+# the code each kind of part runs: a change there re-runs the part
+TRAIN_CODE = ["networks", "bundle/scripts", "search/dice.py"]
+SEARCH_CODE = ["networks", "search", "bundle/scripts"]
+BASELINES = {  # MONAI's hand-designed networks at the profile's width, as train.json network overrides
+    "unet": {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": "@num_classes",
+        "channels": "$[@base_channels * 2 ** i for i in range(5)]",
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 2,
+    },
+    "segresnet": {
+        "_target_": "SegResNet",
+        "spatial_dims": 3,
+        "init_filters": "@base_channels",
+        "in_channels": 1,
+        "out_channels": "@num_classes",
+        "norm": "$('GROUP', {'num_groups': min(8, @base_channels)})",
+    },
+}
+
+
+TUBES_META = {
+    "name": "SyntheticTubes",
+    "description": "Bright tubes along the slice axis in a CT-like body; a tube's length decides its class (generated)",
+    "labels": {"0": "background", "1": "short tube", "2": "long tube"},
+}
+
+
+def tubes_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tuple:
+    """One case of the harder task (``--task tubes``): six enhanced tubes (110 HU) along the slice axis in a soft
+    tissue body (40 HU, noise sigma 15 HU), three short (12-20 mm, class 1) and three long (40-60 mm, class 2).
+    Their cross-sections (radius 3-4.5 mm) come from one distribution, so no single slice tells the classes apart:
+    only context along the slice axis does, which the ops (2D, P3D, 3D) and the depth of a topology give in
+    different amounts. ``(image int16 HU, label uint8)`` of ``shape``."""
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.arange(n) * d for n, d in zip(shape, spacing)], indexing="ij")
+    extent = np.array(shape) * np.array(spacing)
+    cx, cy = extent[0] / 2, extent[1] / 2
+    body = ((x - cx) / (0.46 * extent[0])) ** 2 + ((y - cy) / (0.38 * extent[1])) ** 2 <= 1
+    image = np.where(body, 40.0, -1000.0).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    centres: List[tuple] = []
+    for i in range(6):
+        cls = 1 + i % 2
+        for _ in range(200):  # in the body, at least 14 mm from the other tubes
+            px, py = cx + r.uniform(-0.3, 0.3) * extent[0], cy + r.uniform(-0.22, 0.22) * extent[1]
+            if all((px - qx) ** 2 + (py - qy) ** 2 >= 14**2 for qx, qy in centres):
+                break
+        centres.append((px, py))
+        radius = r.uniform(3.0, 4.5)
+        length = r.uniform(12, 20) if cls == 1 else r.uniform(40, 60)
+        z0 = r.uniform(5, extent[2] - length - 5)
+        tube = ((x - px) ** 2 + (y - py) ** 2 <= radius**2) & (z >= z0) & (z < z0 + length)
+        label[tube], image[tube] = cls, 110.0
+    image += r.normal(0, 15, shape).astype(np.float32)
+    return np.clip(image, -1024, 3071).astype(np.int16), label
+
+
+def tubes_dataset(folder: Path) -> Path:
+    """The tubes task in MSD layout (24 labelled cases, 2 test images), generated once into ``folder``."""
+    if str(BUNDLE) not in sys.path:
+        sys.path.insert(0, str(BUNDLE))
+    from scripts.data import generate_synthetic_dataset
+
+    if not (folder / "dataset.json").exists():
+        generate_synthetic_dataset(folder, case=tubes_case, meta=TUBES_META)
+    return folder
+
+
+def machine() -> Dict[str, Any]:
+    """CPU model, usable cores, Python and torch versions."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": cores, "python": platform.python_version(), "torch": torch.__version__}
+
+
+def code_digest(paths: Sequence[str]) -> str:
+    """sha1 over the .py and .json files under ``paths`` (relative to the project root)."""
+    h = hashlib.sha1()
+    for rel in paths:
+        root = ROOT / rel
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json"))
+        for f in files:
+            h.update(str(f.relative_to(ROOT)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_json(path: Path, obj: Any) -> None:
+    from networks.fileio import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+class Bench:
+    """Runs the bundle's configs as subprocesses and keeps each finished part with the inputs it depends on."""
+
+    def __init__(
+        self, work_dir: Path, dataset_dir: Optional[Path], profile: Path, reuse: bool, class_names: Optional[list]
+    ):
+        self.work_dir, self.dataset_dir, self.profile, self.reuse = work_dir, dataset_dir, profile, reuse
+        self.class_names = class_names
+        self.machine = machine()
+        self.reused: List[str] = []
+
+    def config_files(self, stage_configs: Sequence[Path], extra: Sequence[Path] = ()) -> List[Path]:
+        return [CONFIGS / "common.json", *stage_configs, self.profile, *extra]
+
+    def overrides(self, output_dir: Path, **more: Any) -> Dict[str, Any]:
+        found = {"bundle_root": str(BUNDLE), "output_dir": str(output_dir)}
+        if self.dataset_dir is not None:
+            found["dataset_dir"] = str(self.dataset_dir)
+        if self.class_names is not None:
+            found["class_names"] = self.class_names
+        return {**found, **more}
+
+    def bundle_run(self, log: Path, files: Sequence[Path], overrides: Dict[str, Any]) -> float:
+        """``python -m monai.bundle run`` over ``files`` with ``overrides`` from the bundle folder; returns its wall
+        time. Its output goes to ``log``; a failure raises naming the log and its last line. The time spent so far
+        is kept beside the log every few seconds, so a resumed search (killed, then run again) counts all of it."""
+        argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+        argv += ["[" + ",".join(f"'{f}'" for f in files) + "]"]
+        argv += ["--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf")]
+        for key, value in overrides.items():
+            argv += [f"--{key}", value if isinstance(value, str) else repr(value)]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        elapsed_file = log.with_suffix(".elapsed")
+        before = float(elapsed_file.read_text()) if elapsed_file.exists() else 0.0
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        start = time.perf_counter()
+        with open(log, "a") as f:
+            process = subprocess.Popen(argv, cwd=BUNDLE, stdout=f, stderr=subprocess.STDOUT, env=env)
+            while process.poll() is None:
+                time.sleep(1)
+                if time.perf_counter() - start > 5:
+                    elapsed_file.write_text(str(before + time.perf_counter() - start))
+        wall = before + time.perf_counter() - start
+        elapsed_file.write_text(str(wall))
+        if process.returncode != 0:
+            lines = [line for line in log.read_text().splitlines() if line.strip()]
+            raise RuntimeError(f"{' '.join(argv[:4])} failed (exit {process.returncode}); see {log}: {lines[-1:]}")
+        return wall
+
+    def part(self, name: str, inputs: Dict[str, Any], run: Callable[[Path], Dict[str, Any]], resumable: bool = False):
+        """The result of part ``name``: reused from ``parts/<name>.json`` when its ``inputs`` are unchanged, else
+        ``run(folder)``. A part that did not finish restarts in an empty folder, unless it is ``resumable`` (a
+        search: the bundle resumes it from its saved state) and was started with the same inputs."""
+        inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": str(self.dataset_dir)}
+        key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        record_file = self.work_dir / "parts" / f"{name}.json"
+        folder = self.work_dir / "runs" / name
+        if self.reuse and record_file.exists():
+            record = json.loads(record_file.read_text())
+            if record.get("key") == key:
+                self.reused.append(name)
+                return record["result"]
+        started = folder / ".benchmark_key"
+        if folder.exists() and not (resumable and started.exists() and started.read_text() == key):
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        started.write_text(key)
+        result = run(folder)
+        atomic_json(record_file, {"key": key, "inputs": inputs, "result": result})
+        return result
+
+
+def config_inputs(files: Sequence[Path], drop_search: bool = False) -> Dict[str, Any]:
+    """The merged config of ``files`` (as ``monai.bundle run`` merges them), the part's configuration input. With
+    ``drop_search``, without the ids only the search reads (the search stage configs' own ids and those referenced
+    only from them or from ``search_settings``/``searcher``), so that changing a search budget in a profile does not
+    re-run the trainings."""
+    from monai.bundle import ConfigParser
+
+    merged = ConfigParser.load_config_files([str(f) for f in files])
+    if not drop_search:
+        return merged
+    search_ids = {"search_settings", "searcher"}
+    for stage in ("search_coarse.json", "search_fine.json"):
+        search_ids |= {k.lstrip("+") for k in json.loads((CONFIGS / stage).read_text())} - {"run"}
+    while True:
+        readers = {k: {r for r, v in merged.items() if r != k and f"@{k}" in json.dumps(v)} for k in merged}
+        more = {k for k, users in readers.items() if k not in search_ids and users and users <= search_ids}
+        if not more:
+            break
+        search_ids |= more
+    return {k: v for k, v in merged.items() if k not in search_ids}
+
+
+def parsed(files: Sequence[Path], overrides: Dict[str, Any]):
+    """The bundle's merged config, parsed in this process (as ``monai.bundle run`` merges it)."""
+    from monai.bundle import ConfigParser
+
+    if str(BUNDLE) not in sys.path:
+        sys.path.insert(0, str(BUNDLE))  # the bundle's own `scripts`, as its `initialize` does
+    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in files]))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------- parts
+
+
+def search_part(bench: Bench, seed: int) -> Dict[str, Any]:
+    """Coarse and fine search with ``seed``, keeping their supernets."""
+    coarse = bench.config_files([CONFIGS / "search_coarse.json"])
+    fine = bench.config_files([CONFIGS / "search_fine.json"])
+
+    def run(folder: Path) -> Dict[str, Any]:
+        overrides = bench.overrides(folder, seed=seed, keep_supernets=True)
+        wall_coarse = bench.bundle_run(folder / "coarse.log", coarse, overrides)
+        wall_fine = bench.bundle_run(folder / "fine.log", fine, overrides)
+        arch = json.loads((folder / "search" / "arch_fine.json").read_text())
+        return {"seed": seed, "arch": arch, "wall_s": {"coarse": wall_coarse, "fine": wall_fine}}
+
+    inputs = {"configs": [config_inputs(coarse), config_inputs(fine)], "seed": seed, "code": code_digest(SEARCH_CODE)}
+    return bench.part(f"search_seed{seed}", inputs, run, resumable=True)
+
+
+def train_part(
+    bench: Bench, name: str, arch: Optional[dict], seed: int = 0, extra: Sequence[Path] = (), **budget: Any
+) -> Dict[str, Any]:
+    """Train one network alone with ``train.json`` (``arch`` for C2FNAS, or a network override in ``extra``) and
+    evaluate its best checkpoint with ``evaluate.json``; the Dice is ``eval/dice_per_class.json``."""
+    from networks import Architecture, save_architecture
+
+    train = bench.config_files([CONFIGS / "train.json"], extra)
+    evaluate = bench.config_files([CONFIGS / "train.json", CONFIGS / "evaluate.json"], extra)
+
+    def run(folder: Path) -> Dict[str, Any]:
+        overrides = bench.overrides(folder, seed=seed, **budget)
+        if arch is not None:
+            arch_file = folder / "architecture.json"
+            save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
+            overrides["arch_file"] = str(arch_file)
+        wall_train = bench.bundle_run(folder / "train.log", train, overrides)
+        overrides["ckpt_file"] = str(folder / "models" / "model.pt")
+        wall_eval = bench.bundle_run(folder / "evaluate.log", evaluate, overrides)
+        report = json.loads((folder / "eval" / "dice_per_class.json").read_text())
+        return {"dice": report["mean_dice"], "per_class": report["per_class"], "wall_s": wall_train + wall_eval}
+
+    configs = [config_inputs(train, drop_search=True), config_inputs(evaluate, drop_search=True)]
+    inputs = {"configs": configs, "arch": arch, "seed": seed, "budget": budget}
+    return bench.part(f"train_{name}", {**inputs, "code": code_digest(TRAIN_CODE)}, run)
+
+
+def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], seed: int) -> Dict[str, dict]:
+    """``n`` architectures uniform over the search space and ``m`` distinct op assignments uniform on ``topology``."""
+    from networks import Architecture, enumerate_topologies
+    from search.space import random_ops
+
+    parser = parsed(bench.config_files([CONFIGS / "search_coarse.json"]), {"bundle_root": str(BUNDLE)})
+    cells, low, high = (parser.get_parsed_content(k) for k in ("num_cells", "min_depth", "max_depth"))
+    ops = parser.get_parsed_content("search_settings").ops
+    topologies = enumerate_topologies(cells, 4, low, high)
+    r = random.Random(f"search-quality:{seed}:space")
+    found = {f"random{i:02d}": Architecture(r.choice(topologies), random_ops(r, cells, ops)) for i in range(n)}
+    r = random.Random(f"search-quality:{seed}:ops")
+    assignments: List[tuple] = []
+    while len(assignments) < min(m, len(ops) ** len(topology)):
+        candidate = random_ops(r, len(topology), ops)
+        if candidate not in assignments:
+            assignments.append(candidate)
+    found.update({f"ops{i:02d}": Architecture(tuple(topology), a) for i, a in enumerate(assignments)})
+    return {name: arch.to_dict() for name, arch in found.items()}
+
+
+def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> Dict[str, Any]:
+    """Supernet fitness of ``archs``: ``coarse`` from each seed's coarse supernets (the random architectures and
+    the searched ones), ``fine`` from seed 0's fine supernet (the op assignments and seed 0's searched one)."""
+    from networks import Architecture
+
+    def run(folder: Path) -> Dict[str, Any]:
+        start, found = time.perf_counter(), {"coarse": {}, "fine": {}}
+        for seed in seeds:
+            search_dir = bench.work_dir / "runs" / f"search_seed{seed}" / "search"
+            overrides = bench.overrides(bench.work_dir / "runs" / f"search_seed{seed}", seed=seed)
+            coarse = parsed(bench.config_files([CONFIGS / "search_coarse.json"]), overrides)
+            searcher = coarse.get_parsed_content("searcher")
+            found["coarse"][str(seed)] = {
+                name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
+                for name, arch in archs.items()
+                if not name.startswith("ops")
+            }
+            if seed == seeds[0]:
+                fine = parsed(bench.config_files([CONFIGS / "search_fine.json"]), overrides)
+                searcher = fine.get_parsed_content("searcher")
+                found["fine"] = {
+                    name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
+                    for name, arch in archs.items()
+                    if name.startswith("ops") or name == f"searched_seed{seed}"
+                }
+            assert (search_dir / "supernets").is_dir()
+        found["wall_s"] = time.perf_counter() - start
+        return found
+
+    inputs = {"archs": archs, "seeds": list(seeds), "code": code_digest(SEARCH_CODE)}
+    inputs["searches"] = [
+        json.loads((bench.work_dir / "parts" / f"search_seed{s}.json").read_text())["key"] for s in seeds
+    ]
+    return bench.part("fitness", inputs, run)
+
+
+def step_seconds(bench: Bench, extra: Sequence[Path], arch_file: Optional[Path], steps: int = 3) -> float:
+    """Seconds per training step (forward, backward, SGD) of the network ``train.json`` builds, on one batch of the
+    profile's shape (``batch_size`` x ``num_samples`` crops of ``roi_size``), after one warm-up step."""
+    import torch
+
+    overrides = {"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"}
+    if arch_file is not None:
+        overrides["arch_file"] = str(arch_file)
+    parser = parsed(bench.config_files([CONFIGS / "train.json"], extra), overrides)
+    network = parser.get_parsed_content("network_def")
+    loss = parser.get_parsed_content("loss")
+    batch = parser.get_parsed_content("batch_size") * parser.get_parsed_content("num_samples")
+    roi = parser.get_parsed_content("roi_size")
+    classes = parser.get_parsed_content("num_classes")
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, 1, *roi, generator=generator)
+    label = torch.randint(0, classes, (batch, 1, *roi), generator=generator)
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss(network(image), label).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def baseline_config(bench: Bench, name: str) -> Path:
+    """A config file that replaces ``network_def`` by MONAI's network ``name`` (``BASELINES``)."""
+    config = bench.work_dir / "configs" / f"{name}.json"
+    atomic_json(config, {"network_def": BASELINES[name]})
+    return config
+
+
+def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
+    """For each of MONAI's networks: its training-step time over the searched network's (``step_seconds``), and
+    the epochs and validation interval that give it the searched network's training wall time."""
+    from networks import Architecture, save_architecture
+
+    def run(folder: Path) -> Dict[str, Any]:
+        arch_file = save_architecture(
+            Architecture(tuple(searched["levels"]), tuple(searched["ops"])), folder / "a.json"
+        )
+        searched_step = step_seconds(bench, [], arch_file)
+        budget = parsed(bench.config_files([CONFIGS / "train.json"]), {"bundle_root": str(BUNDLE)})
+        epochs, interval = budget.get_parsed_content("max_epochs"), budget.get_parsed_content("val_interval")
+        found = {}
+        for name in BASELINES:
+            ratio = step_seconds(bench, [baseline_config(bench, name)], None) / searched_step
+            n = max(1, round(epochs / ratio))
+            every = max(1, round(interval * n / epochs))
+            found[name] = {"step_time_ratio": ratio, "max_epochs": max(every, n - n % every), "val_interval": every}
+        return found
+
+    configs = config_inputs(bench.config_files([CONFIGS / "train.json"]), drop_search=True)
+    inputs = {"configs": configs, "arch": searched, "baselines": BASELINES, "code": code_digest(TRAIN_CODE)}
+    return bench.part("calibration", inputs, run)
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+
+
+def kendall_spearman(x: Sequence[float], y: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Kendall tau-b and Spearman rho (scipy); None where undefined (fewer than 2 points, or a constant side)."""
+    from scipy import stats
+
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return {"kendall_tau": None, "spearman_rho": None, "points": len(x)}
+    return {
+        "kendall_tau": float(stats.kendalltau(x, y).statistic),
+        "spearman_rho": float(stats.spearmanr(x, y).statistic),
+        "points": len(x),
+    }
+
+
+def percentile(values: Sequence[float], score: float) -> float:
+    """Percentage of ``values`` below ``score``, ties counted half (scipy's ``percentileofscore``, kind 'mean')."""
+    from scipy import stats
+
+    return float(stats.percentileofscore(values, score, kind="mean"))
+
+
+def random_search(dice: Sequence[float], cost: Sequence[float], budget: float, orders: int, seed: int) -> dict:
+    """Random search at equal compute: architectures trained in a random order while the spent cost stays within
+    ``budget`` (at least one), the best by validation Dice; mean and spread over ``orders`` random orders."""
+    r = random.Random(f"search-quality:{seed}:random-search")
+    best, counts = [], []
+    for _ in range(orders):
+        order = list(range(len(dice)))
+        r.shuffle(order)
+        spent, chosen = 0.0, []
+        for i in order:
+            if chosen and spent + cost[i] > budget:
+                break
+            spent += cost[i]
+            chosen.append(i)
+        best.append(max(dice[i] for i in chosen))
+        counts.append(len(chosen))
+    return {
+        "budget_s": budget,
+        "dice_mean": statistics.fmean(best),
+        "dice_std": statistics.pstdev(best),
+        "architectures_trained_mean": statistics.fmean(counts),
+        "orders": orders,
+    }
+
+
+def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    """Every figure of the report from the parts' results."""
+    train, searches, fitness = found["train"], found["search"], found["fitness"]
+    seeds = [int(s) for s in searches]
+    random_names = sorted(n for n in train if n.startswith("random"))
+    ops_names = sorted(n for n in train if n.startswith("ops"))
+    random_dice = [train[n]["dice"] for n in random_names]
+    random_cost = [train[n]["wall_s"] for n in random_names]
+    noise = [train["searched_seed0"]["dice"]] + [
+        train[f"searched_seed0_train{t}"]["dice"] for t in found["noise_seeds"]
+    ]
+    noise_floor = statistics.stdev(noise) if len(noise) > 1 else 0.0
+    q75 = statistics.quantiles(random_dice, n=4, method="inclusive")[2] if len(random_dice) > 1 else random_dice[0]
+
+    searched = {}
+    for s in seeds:
+        search_wall = sum(searches[str(s)]["wall_s"].values())
+        dice = train[f"searched_seed{s}"]["dice"]
+        budget = search_wall + train[f"searched_seed{s}"]["wall_s"]
+        rs = random_search(random_dice, random_cost, budget, args.orders, s)
+        searched[str(s)] = {
+            "arch": searches[str(s)]["arch"],
+            "dice": dice,
+            "per_class": train[f"searched_seed{s}"]["per_class"],
+            "percentile_among_random": percentile(random_dice, dice),
+            "at_or_above_random_q75": dice >= q75,
+            "search_wall_s": search_wall,
+            "random_search_equal_compute": rs,
+            "margin_over_random_search": dice - rs["dice_mean"],
+            "margin_in_noise_floors": (dice - rs["dice_mean"]) / noise_floor if noise_floor > 0 else None,
+        }
+
+    correlation = {"coarse": {}, "fine": {}}
+    for s in seeds:
+        scores = fitness["coarse"][str(s)]
+        correlation["coarse"][str(s)] = {
+            "architecture": kendall_spearman([scores[n]["architecture"] for n in random_names], random_dice),
+            "topology": kendall_spearman([scores[n]["topology"] for n in random_names], random_dice),
+        }
+    fine_scores = fitness["fine"]
+    correlation["fine"]["0"] = kendall_spearman(
+        [fine_scores[n]["architecture"] for n in ops_names], [train[n]["dice"] for n in ops_names]
+    )
+    taus = [c["architecture"]["kendall_tau"] for c in correlation["coarse"].values()]
+    coarse_tau = statistics.fmean(taus) if all(t is not None for t in taus) else None
+    fine_tau = correlation["fine"]["0"]["kendall_tau"]
+
+    searched_dice = [v["dice"] for v in searched.values()]
+    baselines = {n: train[n] for n in ("panc", *BASELINES)}
+    best_baseline = max(train[n]["dice"] for n in BASELINES)
+    search_wall = [v["search_wall_s"] for v in searched.values()]
+    figures = {
+        "random": {n: train[n]["dice"] for n in random_names},
+        "random_q75": q75,
+        "random_mean": statistics.fmean(random_dice),
+        "random_best": max(random_dice),
+        "ops": {n: train[n]["dice"] for n in ops_names},
+        "noise": {"dice": noise, "std": noise_floor, "range": max(noise) - min(noise)},
+        "searched": searched,
+        "searched_spread": {
+            "mean": statistics.fmean(searched_dice),
+            "std": statistics.stdev(searched_dice) if len(searched_dice) > 1 else 0.0,
+            "min": min(searched_dice),
+            "max": max(searched_dice),
+            "distinct_architectures": len(
+                {json.dumps(v["arch"]["levels"]) + json.dumps(v["arch"]["ops"]) for v in searched.values()}
+            ),
+        },
+        "correlation": correlation,
+        "baselines": {
+            n: {"dice": v["dice"], "per_class": v["per_class"], "wall_s": v["wall_s"]} for n, v in baselines.items()
+        },
+        "baseline_epochs": found["baseline_epochs"],
+        "search_wall_s_mean": statistics.fmean(search_wall),
+    }
+    above = sum(v["at_or_above_random_q75"] for v in searched.values())
+    beats_rs = sum(v["margin_over_random_search"] > noise_floor for v in searched.values())
+    figures["targets"] = {
+        "fine_kendall_tau_ge_0.5": {"value": fine_tau, "met": fine_tau is not None and fine_tau >= 0.5},
+        "coarse_kendall_tau_ge_0.4": {"value": coarse_tau, "met": coarse_tau is not None and coarse_tau >= 0.4},
+        "searched_at_or_above_random_q75_in_2_of_3": {"value": f"{above} of {len(seeds)}", "met": above >= 2},
+        "searched_beats_random_search_by_noise_floor": {"value": f"{beats_rs} of {len(seeds)}", "met": beats_rs >= 2},
+        "moonshot_at_least_best_monai": {
+            "value": statistics.fmean(searched_dice) - best_baseline,
+            "met": statistics.fmean(searched_dice) >= best_baseline,
+        },
+    }
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------------- pictures
+
+
+def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
+    """``fitness_vs_standalone.png`` and ``searched_vs_random.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from networks.fileio import atomic_write
+
+    fig_data, train, fitness = report["figures"], report["train"], report["fitness"]
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    random_names = sorted(fig_data["random"])
+    for s, scores in fitness["coarse"].items():
+        x = [scores[n]["architecture"] for n in random_names]
+        axes[0].scatter(x, [train[n]["dice"] for n in random_names], label=f"coarse supernets, seed {s}", alpha=0.7)
+    tau = fig_data["correlation"]["coarse"]["0"]["architecture"]["kendall_tau"]
+    axes[0].set(
+        title=f"coarse stage: random architectures (tau seed 0: {_fmt(tau)})",
+        xlabel="supernet fitness (validation Dice, inherited weights)",
+        ylabel="stand-alone validation Dice",
+    )
+    axes[0].legend(fontsize=8)
+    ops_names = sorted(fig_data["ops"])
+    axes[1].scatter([fitness["fine"][n]["architecture"] for n in ops_names], [train[n]["dice"] for n in ops_names])
+    if "searched_seed0" in fitness["fine"]:
+        axes[1].scatter(
+            [fitness["fine"]["searched_seed0"]["architecture"]],
+            [train["searched_seed0"]["dice"]],
+            marker="*",
+            s=200,
+            color="tab:red",
+            label="searched (seed 0)",
+        )
+        axes[1].legend(fontsize=8)
+    axes[1].set(
+        title=f"fine stage: op assignments (tau: {_fmt(fig_data['correlation']['fine']['0']['kendall_tau'])})",
+        xlabel="supernet fitness (validation Dice, inherited weights)",
+        ylabel="stand-alone validation Dice",
+    )
+    fig.tight_layout()
+    paths.append(_save(fig, work_dir / "fitness_vs_standalone.png", atomic_write))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rj = random.Random(0)
+    random_dice = list(fig_data["random"].values())
+    ax.scatter(
+        [rj.uniform(-0.15, 0.15) for _ in random_dice], random_dice, color="tab:gray", label="random architectures"
+    )
+    ax.axhline(fig_data["random_q75"], color="tab:gray", ls="--", lw=1, label="75th percentile of random")
+    for i, (s, v) in enumerate(fig_data["searched"].items()):
+        ax.scatter([1 + 0.1 * (i - 1)], [v["dice"]], marker="*", s=200, label=f"searched, seed {s}")
+        rs = v["random_search_equal_compute"]
+        ax.errorbar([2 + 0.1 * (i - 1)], [rs["dice_mean"]], yerr=[rs["dice_std"]], fmt="o", capsize=4)
+    noise = fig_data["noise"]
+    ax.errorbar(
+        [3],
+        [statistics.fmean(noise["dice"])],
+        yerr=[noise["std"]],
+        fmt="s",
+        capsize=4,
+        color="k",
+        label="searched seed 0, 3 training seeds (std)",
+    )
+    for j, (name, v) in enumerate(fig_data["baselines"].items()):
+        ax.scatter([4 + 0.15 * (j - 1)], [v["dice"]], marker="D", label=name)
+    ax.set_xticks([0, 1, 2, 3, 4], ["random", "searched", "random search\n(equal compute)", "noise", "references"])
+    ax.set_ylabel("stand-alone validation Dice")
+    ax.set_title("searched against random architectures (same training budget)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    paths.append(_save(fig, work_dir / "searched_vs_random.png", atomic_write))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, path: Path, atomic_write) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_dir", type=Path, default=None, help="MSD-layout dataset (default: embedded)")
+    parser.add_argument(
+        "--task", choices=["embedded", "tubes"], default="embedded", help="tubes: the harder generated task"
+    )
+    parser.add_argument("--profile", type=Path, default=CONFIGS / "cpu_profile.json", help="budget profile")
+    parser.add_argument("--work_dir", type=Path, default=None, help="default: runs/search_quality[_tubes]")
+    parser.add_argument("--seeds", type=int, default=3, help="S: search seeds")
+    parser.add_argument("--random", type=int, default=12, help="N: architectures drawn from the whole space")
+    parser.add_argument("--ops", type=int, default=6, help="M: op assignments drawn on seed 0's topology")
+    parser.add_argument("--training_seeds", type=int, default=3, help="T: training seeds of the noise floor")
+    parser.add_argument("--orders", type=int, default=2000, help="random orders of random search")
+    parser.add_argument("--quick", action="store_true", help="S=2, N=4, M=3, T=2: a check that it all runs")
+    parser.add_argument("--no_reuse", action="store_true", help="re-run every part")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.random, args.ops, args.training_seeds = 2, 4, 3, 2
+    if args.seeds < 1 or args.random < 2 or args.ops < 2 or args.training_seeds < 2:
+        parser.error("need --seeds >= 1, --random >= 2, --ops >= 2 and --training_seeds >= 2")
+    for what, path in (("--profile", args.profile), ("--dataset_dir", args.dataset_dir)):
+        if path is not None and not path.exists():
+            parser.error(f"{what} {path}: does not exist")
+    if args.task != "embedded" and args.dataset_dir is not None:
+        parser.error("--task generates its own data; leave out --dataset_dir")
+    args.profile = args.profile.resolve()
+    default_dir = ROOT / "runs" / ("search_quality" if args.task == "embedded" else f"search_quality_{args.task}")
+    work_dir = (args.work_dir or default_dir).resolve()
+    dataset_dir = args.dataset_dir.resolve() if args.dataset_dir is not None else None
+    class_names = None
+    if args.task == "tubes":
+        dataset_dir = tubes_dataset(work_dir / "data" / "tubes")
+        class_names = [TUBES_META["labels"]["1"], TUBES_META["labels"]["2"]]
+    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, class_names)
+    m = bench.machine
+    print(f"# {m['cpu']}, {m['cores']} cores, torch {m['torch']}; profile {args.profile.name}; work_dir {work_dir}")
+    start = time.perf_counter()
+    found: Dict[str, Any] = {"search": {}, "train": {}, "noise_seeds": list(range(1, args.training_seeds))}
+
+    def step(what: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        t = time.perf_counter()
+        result = fn()
+        detail = f", Dice {result['dice']:.4f}" if "dice" in result else ""
+        print(f"[{time.perf_counter() - start:7.0f} s] {what}: {time.perf_counter() - t:.0f} s{detail}", flush=True)
+        return result
+
+    seeds = list(range(args.seeds))
+    for s in seeds:
+        found["search"][str(s)] = step(f"search seed {s}", lambda: search_part(bench, s))
+    archs = sample_architectures(bench, args.random, args.ops, found["search"]["0"]["arch"]["levels"], seed=0)
+    archs.update({f"searched_seed{s}": found["search"][str(s)]["arch"] for s in seeds})
+    archs_plain = {n: {"levels": a["levels"], "ops": a["ops"]} for n, a in archs.items()}
+    found["fitness"] = step("supernet fitness", lambda: fitness_part(bench, seeds, archs_plain))
+    for name, arch in archs_plain.items():
+        found["train"][name] = step(f"train {name}", lambda: train_part(bench, name, arch))
+    for t in found["noise_seeds"]:
+        name = f"searched_seed0_train{t}"
+        found["train"][name] = step(
+            f"train {name}", lambda: train_part(bench, name, archs_plain["searched_seed0"], seed=t)
+        )
+    found["train"]["panc"] = step("train panc", lambda: train_part(bench, "panc", None))
+
+    # MONAI's networks for the wall time of seed 0's searched network: epochs scaled by the step-time ratio
+    found["baseline_epochs"] = step(
+        "step-time calibration", lambda: calibration_part(bench, archs_plain["searched_seed0"])
+    )
+    for name in BASELINES:
+        n, every = found["baseline_epochs"][name]["max_epochs"], found["baseline_epochs"][name]["val_interval"]
+        config = baseline_config(bench, name)
+        found["train"][name] = step(
+            f"train {name} ({n} epochs)",
+            lambda: train_part(bench, name, None, extra=[config], max_epochs=n, val_interval=every),
+        )
+
+    report = {
+        "format": FORMAT,
+        "machine": m,
+        "settings": {
+            "profile": str(args.profile),
+            "dataset_dir": str(dataset_dir or BUNDLE / "data" / "synthetic"),
+            "task": args.task,
+            "seeds": args.seeds,
+            "random": args.random,
+            "ops": args.ops,
+            "training_seeds": args.training_seeds,
+            "quick": args.quick,
+        },
+        "architectures": archs_plain,
+        "search": found["search"],
+        "fitness": found["fitness"],
+        "train": found["train"],
+        "wall_s": {
+            "search": sum(sum(v["wall_s"].values()) for v in found["search"].values()),
+            "fitness": found["fitness"]["wall_s"],
+            "train": sum(v["wall_s"] for v in found["train"].values()),
+            "this_run": time.perf_counter() - start,
+        },
+        "reused_parts": bench.reused,
+    }
+    report["figures"] = analyse(found, args)
+    report["pictures"] = [str(p) for p in plot(report, work_dir)]
+    atomic_json(work_dir / "search_quality.json", report)
+    print_report(report)
+    return report
+
+
+def print_report(report: Dict[str, Any]) -> None:
+    f = report["figures"]
+    print("\n| architecture | stand-alone Dice |\n|---|---|")
+    for name, value in sorted(report["train"].items()):
+        print(f"| {name} | {value['dice']:.4f} |")
+    print(f"\nrandom: mean {f['random_mean']:.4f}, 75th percentile {f['random_q75']:.4f}, best {f['random_best']:.4f}")
+    print(f"noise floor (std over {len(f['noise']['dice'])} training seeds): {f['noise']['std']:.4f}")
+    for s, v in f["searched"].items():
+        rs = v["random_search_equal_compute"]
+        print(
+            f"seed {s}: {v['arch']['levels']} {v['arch']['ops']}: Dice {v['dice']:.4f}, percentile "
+            f"{v['percentile_among_random']:.0f}; random search at equal compute ({rs['budget_s']:.0f} s, "
+            f"{rs['architectures_trained_mean']:.1f} architectures) {rs['dice_mean']:.4f} +- {rs['dice_std']:.4f}"
+        )
+    for stage, per_seed in f["correlation"].items():
+        for s, c in per_seed.items():
+            print(f"{stage} seed {s}: {json.dumps(c)}")
+    for name, target in f["targets"].items():
+        print(f"target {name}: {target['value']} ({'met' if target['met'] else 'missed'})")
+    w = report["wall_s"]
+    print(
+        f"wall time: search {w['search']:.0f} s, fitness {w['fitness']:.0f} s, training {w['train']:.0f} s; "
+        f"this run {w['this_run']:.0f} s (reused parts: {len(report['reused_parts'])})"
+    )
+
+
+if __name__ == "__main__":
+    main()

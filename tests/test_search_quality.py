@@ -1,0 +1,93 @@
+"""The search-quality benchmark (benchmarks/search_quality.py) end to end at --quick on the tests' tiny profile."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers import CONFIGS, TINY_PROFILE, launch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARK = ROOT / "benchmarks" / "search_quality.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _finite(value, low=-math.inf, high=math.inf):
+    return isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high
+
+
+@pytest.fixture(scope="module")
+def quick_report(dataset, tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("search_quality")
+    args = [BENCHMARK, "--quick", "--profile", TINY_PROFILE, "--dataset_dir", dataset, "--work_dir", work_dir]
+    done = launch(args, ROOT, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return work_dir, json.loads((work_dir / "search_quality.json").read_text()), done.stdout, args
+
+
+def test_quick_benchmark_reports_every_figure(quick_report):
+    work_dir, report, stdout, _ = quick_report
+    assert report["format"] == "c2fnas-search-quality/1" and report["machine"]["cores"] >= 1
+    settings = report["settings"]
+    assert (settings["seeds"], settings["random"], settings["ops"], settings["training_seeds"]) == (2, 4, 3, 2)
+    names = {f"random{i:02d}" for i in range(4)} | {f"ops{i:02d}" for i in range(3)}
+    names |= {"searched_seed0", "searched_seed1", "searched_seed0_train1", "panc", "unet", "segresnet"}
+    assert set(report["train"]) == names
+    for name, result in report["train"].items():
+        assert _finite(result["dice"], 0, 1) and _finite(result["wall_s"], 0) and result["wall_s"] > 0, name
+    # the op assignments share seed 0's searched topology; the random architectures come from the whole space
+    levels = report["search"]["0"]["arch"]["levels"]
+    assert all(report["architectures"][f"ops{i:02d}"]["levels"] == levels for i in range(3))
+    assert len({tuple(a["ops"]) for n, a in report["architectures"].items() if n.startswith("ops")}) == 3
+
+    figures = report["figures"]
+    for s in ("0", "1"):
+        searched = figures["searched"][s]
+        assert _finite(searched["percentile_among_random"], 0, 100) and _finite(searched["search_wall_s"], 0)
+        random_search = searched["random_search_equal_compute"]
+        assert _finite(random_search["dice_mean"], 0, 1) and _finite(random_search["dice_std"], 0)
+        assert 1 <= random_search["architectures_trained_mean"] <= 4
+        for kind in ("architecture", "topology"):
+            correlation = figures["correlation"]["coarse"][s][kind]
+            assert _finite(correlation["kendall_tau"], -1, 1) and _finite(correlation["spearman_rho"], -1, 1)
+            assert correlation["points"] == 4
+    assert _finite(figures["correlation"]["fine"]["0"]["kendall_tau"], -1, 1)
+    assert figures["correlation"]["fine"]["0"]["points"] == 3
+    assert _finite(figures["noise"]["std"], 0) and len(figures["noise"]["dice"]) == 2
+    assert _finite(figures["random_q75"], 0, 1) and _finite(figures["searched_spread"]["std"], 0)
+    for name in ("panc", "unet", "segresnet"):
+        assert _finite(figures["baselines"][name]["dice"], 0, 1)
+    for name in ("unet", "segresnet"):
+        epochs = figures["baseline_epochs"][name]
+        assert _finite(epochs["step_time_ratio"], 0) and epochs["max_epochs"] % epochs["val_interval"] == 0
+    assert len(figures["targets"]) == 5 and all(isinstance(t["met"], bool) for t in figures["targets"].values())
+    assert all(_finite(report["wall_s"][k], 0) for k in ("search", "fitness", "train", "this_run"))
+    for picture in ("fitness_vs_standalone.png", "searched_vs_random.png"):
+        assert (work_dir / picture).read_bytes()[:8] == PNG_MAGIC
+    assert "target fine_kendall_tau_ge_0.5" in stdout and "random search at equal compute" in stdout
+
+
+def test_quick_benchmark_run_again_reuses_every_part(quick_report):
+    """Finished parts are kept with their inputs: the same command again trains and searches nothing."""
+    work_dir, report, _, args = quick_report
+    done = launch(args, ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((work_dir / "search_quality.json").read_text())
+    parts = {p.stem for p in (work_dir / "parts").glob("*.json")}
+    assert set(again["reused_parts"]) == parts and len(parts) == 2 + 1 + 1 + len(report["train"])
+    assert again["figures"] == report["figures"]
+
+
+def test_training_parts_do_not_depend_on_search_budgets():
+    """Changing a search budget in a profile re-runs the searches, not the trainings."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    config_inputs = benchmark.config_inputs
+    files = [CONFIGS / "common.json", CONFIGS / "train.json", CONFIGS / "cpu_profile.json"]
+    training = config_inputs(files, drop_search=True)
+    assert {"max_epochs", "roi_size", "base_channels", "seed", "network_def", "train"} <= set(training)
+    assert not {"num_clusters", "cluster_iterations", "fine_iterations", "population_size", "search_settings"} & set(
+        training
+    )
