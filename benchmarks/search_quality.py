@@ -649,7 +649,7 @@ def _save(fig, path: Path, atomic_write) -> Path:
 
 
 def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -762,28 +762,62 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def print_report(report: Dict[str, Any]) -> None:
-    f = report["figures"]
-    print("\n| architecture | stand-alone Dice |\n|---|---|")
-    for name, value in sorted(report["train"].items()):
-        print(f"| {name} | {value['dice']:.4f} |")
-    print(f"\nrandom: mean {f['random_mean']:.4f}, 75th percentile {f['random_q75']:.4f}, best {f['random_best']:.4f}")
-    print(f"noise floor (std over {len(f['noise']['dice'])} training seeds): {f['noise']['std']:.4f}")
+    """The figures as the Markdown tables of the README's search-quality section."""
+    f, m = report["figures"], report["machine"]
+    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}; task {report['settings'].get('task')}")
+    print(
+        "\n| seed | searched architecture (levels; ops) | stand-alone Dice (per class) | percentile among random "
+        "| random search at equal compute | search wall time |\n|---|---|---|---|---|---|"
+    )
     for s, v in f["searched"].items():
         rs = v["random_search_equal_compute"]
+        classes = ", ".join(f"{c} {d:.3f}" for c, d in v["per_class"].items())
         print(
-            f"seed {s}: {v['arch']['levels']} {v['arch']['ops']}: Dice {v['dice']:.4f}, percentile "
-            f"{v['percentile_among_random']:.0f}; random search at equal compute ({rs['budget_s']:.0f} s, "
-            f"{rs['architectures_trained_mean']:.1f} architectures) {rs['dice_mean']:.4f} +- {rs['dice_std']:.4f}"
+            f"| {s} | `{','.join(map(str, v['arch']['levels']))}`; `{','.join(v['arch']['ops'])}` | "
+            f"**{v['dice']:.4f}** ({classes}) | {v['percentile_among_random']:.0f} | {rs['dice_mean']:.4f} ± "
+            f"{rs['dice_std']:.4f} ({rs['architectures_trained_mean']:.1f} architectures in {rs['budget_s']:.0f} s) "
+            f"| {v['search_wall_s']:.0f} s |"
         )
-    for stage, per_seed in f["correlation"].items():
-        for s, c in per_seed.items():
-            print(f"{stage} seed {s}: {json.dumps(c)}")
+    random_dice = sorted(f["random"].values())
+    print(
+        f"\nrandom architectures ({len(random_dice)}): mean {f['random_mean']:.4f}, min {random_dice[0]:.4f}, "
+        f"75th percentile {f['random_q75']:.4f}, best {f['random_best']:.4f}; op assignments on seed 0's topology "
+        f"({len(f['ops'])}): {', '.join(f'{d:.4f}' for d in sorted(f['ops'].values()))}"
+    )
+    noise = f["noise"]
+    print(
+        f"noise floor: seed 0's network trained with {len(noise['dice'])} seeds: "
+        f"{', '.join(f'{d:.4f}' for d in noise['dice'])} (std {noise['std']:.4f}, range {noise['range']:.4f})"
+    )
+    spread = f["searched_spread"]
+    print(
+        f"searched over seeds: mean {spread['mean']:.4f}, std {spread['std']:.4f}, range {spread['min']:.4f}-"
+        f"{spread['max']:.4f}, {spread['distinct_architectures']} distinct architectures"
+    )
+    print("\n| network | stand-alone Dice (per class) | training + evaluation wall time |\n|---|---|---|")
+    for name, v in f["baselines"].items():
+        epochs = f["baseline_epochs"].get(name)
+        note = f" ({epochs['max_epochs']} epochs, step time ×{epochs['step_time_ratio']:.2f})" if epochs else ""
+        classes = ", ".join(f"{c} {d:.3f}" for c, d in v["per_class"].items())
+        print(f"| {name}{note} | {v['dice']:.4f} ({classes}) | {v['wall_s']:.0f} s |")
+    print("\n| supernet fitness vs stand-alone Dice | Kendall τ | Spearman ρ | points |\n|---|---|---|---|")
+    for s, c in f["correlation"]["coarse"].items():
+        for kind, label in (("architecture", "its own ops"), ("topology", "topology fitness")):
+            print(
+                f"| coarse, seed {s}, {label} | {_fmt(c[kind]['kendall_tau'])} | {_fmt(c[kind]['spearman_rho'])} "
+                f"| {c[kind]['points']} |"
+            )
+    c = f["correlation"]["fine"]["0"]
+    print(f"| fine, seed 0 | {_fmt(c['kendall_tau'])} | {_fmt(c['spearman_rho'])} | {c['points']} |")
+    print("\n| target | value | |\n|---|---|---|")
     for name, target in f["targets"].items():
-        print(f"target {name}: {target['value']} ({'met' if target['met'] else 'missed'})")
+        value = target["value"] if isinstance(target["value"], str) else _fmt(target["value"])
+        print(f"| {name} | {value} | {'met' if target['met'] else 'missed'} |")
     w = report["wall_s"]
     print(
-        f"wall time: search {w['search']:.0f} s, fitness {w['fitness']:.0f} s, training {w['train']:.0f} s; "
-        f"this run {w['this_run']:.0f} s (reused parts: {len(report['reused_parts'])})"
+        f"\nwall time: search {w['search']:.0f} s, fitness {w['fitness']:.0f} s, training {w['train']:.0f} s, "
+        f"in all {w['search'] + w['fitness'] + w['train']:.0f} s; this run {w['this_run']:.0f} s "
+        f"(reused parts: {len(report['reused_parts'])})"
     )
 
 

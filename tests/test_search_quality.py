@@ -65,7 +65,7 @@ def test_quick_benchmark_reports_every_figure(quick_report):
     assert all(_finite(report["wall_s"][k], 0) for k in ("search", "fitness", "train", "this_run"))
     for picture in ("fitness_vs_standalone.png", "searched_vs_random.png"):
         assert (work_dir / picture).read_bytes()[:8] == PNG_MAGIC
-    assert "target fine_kendall_tau_ge_0.5" in stdout and "random search at equal compute" in stdout
+    assert "| fine_kendall_tau_ge_0.5 |" in stdout and "| random search at equal compute |" in stdout
 
 
 def test_quick_benchmark_run_again_reuses_every_part(quick_report):
