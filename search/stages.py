@@ -296,8 +296,8 @@ class SearchStage:
 
     def kept_supernet(self, key: str) -> C2FNASSupernet:
         """The supernet ``key`` written by ``keep_supernet`` (``weights_only`` load), in eval mode."""
-        path = self.supernet_file(key)
         if key not in self._kept:
+            path = self.supernet_file(key)
             if not path.exists():
                 raise SearchStateError(
                     f"{path}: missing; run the {self.name} search with keep_supernets true to score architectures"
@@ -477,12 +477,17 @@ class CoarseSearch(SearchStage):
         s = self.settings
         return random_ops(rng(s.seed, "coarse-ops", tuple(topology), j), len(topology), s.ops)
 
-    def topology_fitness(self, supernet: C2FNASSupernet, topology: Sequence[int], context: str) -> float:
-        """Dice of ``topology`` averaged over ``op_samples`` fixed op assignments."""
-        scores = [
-            self.fitness(supernet, Architecture(tuple(topology), self.op_sample(topology, j)), context)
-            for j in range(self.op_samples)
-        ]
+    def topology_fitness(
+        self, supernet: C2FNASSupernet, topology: Sequence[int], context: Optional[str] = None
+    ) -> float:
+        """Dice of ``topology`` averaged over ``op_samples`` fixed op assignments: through ``fitness`` (cached and
+        recorded) with a ``context``, else ``supernet_dice`` alone (scoring outside the search)."""
+        scores = []
+        for j in range(self.op_samples):
+            arch = Architecture(tuple(topology), self.op_sample(topology, j))
+            scores.append(
+                self.supernet_dice(supernet, arch) if context is None else self.fitness(supernet, arch, context)
+            )
         return sum(scores) / len(scores)
 
     def score(self, arch: ArchLike) -> Dict[str, float]:
@@ -492,14 +497,10 @@ class CoarseSearch(SearchStage):
         arch = as_architecture(arch)
         k = self.space.cluster_of(arch.levels)
         supernet = self.kept_supernet(f"cluster{k}")
-        topology = [
-            self.supernet_dice(supernet, Architecture(arch.levels, self.op_sample(arch.levels, j)))
-            for j in range(self.op_samples)
-        ]
         return {
             "cluster": k,
             "architecture": self.supernet_dice(supernet, arch),
-            "topology": sum(topology) / len(topology),
+            "topology": self.topology_fitness(supernet, arch.levels),
         }
 
     def run(self) -> Architecture:

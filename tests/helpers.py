@@ -15,6 +15,7 @@ from monai.transforms import Compose, EnsureTyped, RandFlipd
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 TINY_PROFILE = Path(__file__).resolve().parent / "data" / "tiny_profile.json"  # every stage a few seconds on CPU
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")  # 2 CPU processes
 
 

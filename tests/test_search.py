@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import launch, rods_case, run_or_kill, small_stage
+from helpers import PNG_MAGIC, launch, rods_case, run_or_kill, small_stage
 
 from networks import Architecture, ArchitectureError, enumerate_topologies, load_architecture, topology_error
 from search import (
@@ -22,7 +22,6 @@ from search import (
 )
 
 TESTS = Path(__file__).resolve().parent
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_space_clusters_partition_the_topologies_reproducibly():

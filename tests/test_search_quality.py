@@ -6,11 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, TINY_PROFILE, launch
+from helpers import CONFIGS, PNG_MAGIC, TINY_PROFILE, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "search_quality.py"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _finite(value, low=-math.inf, high=math.inf):
