@@ -13,8 +13,8 @@ then ``evaluate.json``, one fixed budget: the profile's), on the same train/vali
    it) and seed 0's fine supernet (the op assignments);
 4. ``reference``: each searched architecture trained alone; seed 0's also with training seeds 1..T-1 (the noise
    floor of a stand-alone Dice); C2FNAS-Panc at the profile's width; MONAI's ``UNet`` and ``SegResNet`` (network
-   override of ``train.json``) trained for the wall time of seed 0's searched network (epochs scaled by the
-   measured training-step time ratio).
+   override of ``train.json``) trained for the wall time of seed 0's searched network (epochs from the epoch and
+   validation times of short real trainings of all three).
 
 Then it reports every stand-alone Dice, each searched result's percentile among the random architectures, Kendall
 tau and Spearman rho between supernet fitness and stand-alone Dice, random search at equal compute (random
@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -368,32 +369,28 @@ def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> 
     return bench.part("fitness", inputs, run)
 
 
-def step_seconds(bench: Bench, extra: Sequence[Path], arch_file: Optional[Path], steps: int = 3) -> float:
-    """Seconds per training step (forward, backward, SGD) of the network ``train.json`` builds, on one batch of the
-    profile's shape (``batch_size`` x ``num_samples`` crops of ``roi_size``), after one warm-up step."""
-    import torch
+CALIBRATION_EPOCHS, CALIBRATION_INTERVAL = 6, 3  # epochs 2, 4 and 5 are training alone; 3 and 6 also validate
+_EPOCH_LINE = re.compile(
+    r"(SupervisedTrainer|SupervisedEvaluator) - INFO - (Epoch\[(\d+)\] Complete|Engine run finished)\. "
+    r"Time taken: (\d+):(\d+):([\d.]+)"
+)
 
-    overrides = {"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"}
-    if arch_file is not None:
-        overrides["arch_file"] = str(arch_file)
-    parser = parsed(bench.config_files([CONFIGS / "train.json"], extra), overrides)
-    network = parser.get_parsed_content("network_def")
-    loss = parser.get_parsed_content("loss")
-    batch = parser.get_parsed_content("batch_size") * parser.get_parsed_content("num_samples")
-    roi = parser.get_parsed_content("roi_size")
-    classes = parser.get_parsed_content("num_classes")
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
-    generator = torch.Generator().manual_seed(0)
-    image = torch.rand(batch, 1, *roi, generator=generator)
-    label = torch.randint(0, classes, (batch, 1, *roi), generator=generator)
-    times = []
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        loss(network(image), label).backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+def epoch_seconds(log: Path) -> Dict[str, float]:
+    """``{"epoch": s, "validation": s}`` from a short ``train.json`` run's ignite log: the median training epoch
+    without a validation (the first left out: warm-up) and the median validation run."""
+    epochs: Dict[int, float] = {}
+    validations: List[float] = []
+    for engine, what, epoch, h, m, sec in _EPOCH_LINE.findall(log.read_text()):
+        seconds = int(h) * 3600 + int(m) * 60 + float(sec)
+        if engine == "SupervisedEvaluator" and what.startswith("Engine"):
+            validations.append(seconds)
+        elif engine == "SupervisedTrainer" and what.startswith("Epoch"):
+            epochs[int(epoch)] = seconds
+    plain = [t for k, t in epochs.items() if k > 1 and k % CALIBRATION_INTERVAL]
+    if not plain or not validations:
+        raise RuntimeError(f"{log}: no training epoch or validation time found in the ignite log")
+    return {"epoch": statistics.median(plain), "validation": statistics.median(validations)}
 
 
 def baseline_config(bench: Bench, name: str) -> Path:
@@ -404,27 +401,47 @@ def baseline_config(bench: Bench, name: str) -> Path:
 
 
 def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
-    """For each of MONAI's networks: its training-step time over the searched network's (``step_seconds``), and
-    the epochs and validation interval that give it the searched network's training wall time."""
+    """For each of MONAI's networks, the epochs and validation interval that give it the training wall time of the
+    searched network at the profile's budget. Each network (the searched one included) is trained for a few epochs
+    by the real ``train.json`` pipeline (data loading, augmentation and validation included); with ``V``
+    validations (the profile's count, kept) a budget of ``n`` epochs takes ``n * epoch + V * validation``."""
     from networks import Architecture, save_architecture
 
     def run(folder: Path) -> Dict[str, Any]:
-        arch_file = save_architecture(
-            Architecture(tuple(searched["levels"]), tuple(searched["ops"])), folder / "a.json"
-        )
-        searched_step = step_seconds(bench, [], arch_file)
         budget = parsed(bench.config_files([CONFIGS / "train.json"]), {"bundle_root": str(BUNDLE)})
         epochs, interval = budget.get_parsed_content("max_epochs"), budget.get_parsed_content("val_interval")
-        found = {}
+        validations = epochs // interval
+        short = {"max_epochs": CALIBRATION_EPOCHS, "val_interval": CALIBRATION_INTERVAL}
+        arch_file = save_architecture(
+            Architecture(tuple(searched["levels"]), tuple(searched["ops"])), folder / "architecture.json"
+        )
+        timed = {}
+        for name in ("searched", *BASELINES):
+            extra = [] if name == "searched" else [baseline_config(bench, name)]
+            overrides = bench.overrides(folder / name, **short)
+            if name == "searched":
+                overrides["arch_file"] = str(arch_file)
+            log = folder / name / "train.log"
+            bench.bundle_run(log, bench.config_files([CONFIGS / "train.json"], extra), overrides)
+            timed[name] = epoch_seconds(log)
+        target = epochs * timed["searched"]["epoch"] + validations * timed["searched"]["validation"]
+        found: Dict[str, Any] = {"searched": {**timed["searched"], "max_epochs": epochs, "val_interval": interval}}
         for name in BASELINES:
-            ratio = step_seconds(bench, [baseline_config(bench, name)], None) / searched_step
-            n = max(1, round(epochs / ratio))
-            every = max(1, round(interval * n / epochs))
-            found[name] = {"step_time_ratio": ratio, "max_epochs": max(every, n - n % every), "val_interval": every}
+            t = timed[name]
+            n = max(validations, round((target - validations * t["validation"]) / t["epoch"]))
+            every = max(1, n // max(1, validations))
+            ratio = t["epoch"] / timed["searched"]["epoch"]
+            found[name] = {
+                **t,
+                "epoch_time_ratio": ratio,
+                "max_epochs": every * max(1, validations),
+                "val_interval": every,
+            }
         return found
 
     configs = config_inputs(bench.config_files([CONFIGS / "train.json"]), drop_search=True)
     inputs = {"configs": configs, "arch": searched, "baselines": BASELINES, "code": code_digest(TRAIN_CODE)}
+    inputs["method"] = f"short real trainings, {CALIBRATION_EPOCHS} epochs"
     return bench.part("calibration", inputs, run)
 
 
@@ -719,9 +736,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         )
     found["train"]["panc"] = step("train panc", lambda: train_part(bench, "panc", None))
 
-    # MONAI's networks for the wall time of seed 0's searched network: epochs scaled by the step-time ratio
+    # MONAI's networks for the wall time of seed 0's searched network: epochs from short real trainings
     found["baseline_epochs"] = step(
-        "step-time calibration", lambda: calibration_part(bench, archs_plain["searched_seed0"])
+        "epoch-time calibration", lambda: calibration_part(bench, archs_plain["searched_seed0"])
     )
     for name in BASELINES:
         n, every = found["baseline_epochs"][name]["max_epochs"], found["baseline_epochs"][name]["val_interval"]
@@ -799,7 +816,7 @@ def print_report(report: Dict[str, Any]) -> None:
     print("\n| network | stand-alone Dice (per class) | training + evaluation wall time |\n|---|---|---|")
     for name, v in f["baselines"].items():
         epochs = f["baseline_epochs"].get(name)
-        note = f" ({epochs['max_epochs']} epochs, step time ×{epochs['step_time_ratio']:.2f})" if epochs else ""
+        note = f" ({epochs['max_epochs']} epochs, epoch time ×{epochs['epoch_time_ratio']:.2f})" if epochs else ""
         classes = ", ".join(f"{c} {d:.3f}" for c, d in v["per_class"].items())
         print(f"| {name}{note} | {v['dice']:.4f} ({classes}) | {v['wall_s']:.0f} s |")
     print("\n| supernet fitness vs stand-alone Dice | Kendall τ | Spearman ρ | points |\n|---|---|---|---|")

@@ -59,7 +59,7 @@ def test_quick_benchmark_reports_every_figure(quick_report):
         assert _finite(figures["baselines"][name]["dice"], 0, 1)
     for name in ("unet", "segresnet"):
         epochs = figures["baseline_epochs"][name]
-        assert _finite(epochs["step_time_ratio"], 0) and epochs["max_epochs"] % epochs["val_interval"] == 0
+        assert _finite(epochs["epoch_time_ratio"], 0) and epochs["max_epochs"] % epochs["val_interval"] == 0
     assert len(figures["targets"]) == 5 and all(isinstance(t["met"], bool) for t in figures["targets"].values())
     assert all(_finite(report["wall_s"][k], 0) for k in ("search", "fitness", "train", "this_run"))
     for picture in ("fitness_vs_standalone.png", "searched_vs_random.png"):
@@ -76,6 +76,23 @@ def test_quick_benchmark_run_again_reuses_every_part(quick_report):
     parts = {p.stem for p in (work_dir / "parts").glob("*.json")}
     assert set(again["reused_parts"]) == parts and len(parts) == 2 + 1 + 1 + len(report["train"])
     assert again["figures"] == report["figures"]
+
+
+def test_fitness_variants_rescore_the_search_fitness(quick_report):
+    """benchmarks/fitness_variants.py scores the architectures again with the kept supernets: its ``dice`` variant is
+    the search's own fitness, so it gives back the benchmark's fitness and Kendall tau; every variant is finite."""
+    work_dir, report, _, _ = quick_report
+    done = launch([ROOT / "benchmarks" / "fitness_variants.py", "--work_dir", work_dir], ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    variants = json.loads((work_dir / "fitness_variants.json").read_text())
+    for s in ("0", "1"):
+        for name, scores in variants["scores"][f"coarse {s}"].items():
+            assert scores["dice"] == pytest.approx(report["fitness"]["coarse"][s][name]["architecture"], abs=1e-6)
+            assert {"dice", "soft_dice", "neg_loss"} <= set(scores) and all(map(_finite, scores.values()))
+        recorded = report["figures"]["correlation"]["coarse"][s]["architecture"]["kendall_tau"]
+        assert variants["correlation"][f"coarse {s}"]["dice"]["kendall_tau"] == pytest.approx(recorded, abs=1e-9)
+    assert set(variants["scores"]["fine 0"]) == {f"ops{i:02d}" for i in range(3)}
+    assert "| soft_dice |" in done.stdout
 
 
 def test_training_parts_do_not_depend_on_search_budgets():
