@@ -167,10 +167,20 @@ class Bench:
     """Runs the bundle's configs as subprocesses and keeps each finished part with the inputs it depends on."""
 
     def __init__(
-        self, work_dir: Path, dataset_dir: Optional[Path], profile: Path, reuse: bool, class_names: Optional[list]
+        self,
+        work_dir: Path,
+        dataset_dir: Optional[Path],
+        profile: Path,
+        reuse: bool,
+        class_names: Optional[list],
+        max_epochs: Optional[int] = None,
     ):
         self.work_dir, self.dataset_dir, self.profile, self.reuse = work_dir, dataset_dir, profile, reuse
         self.class_names = class_names
+        # the stand-alone training budget: the profile's, or max_epochs (its trainings, report and pictures then
+        # carry the tag "_e<max_epochs>", so they sit beside the profile-budget ones and share the searches)
+        self.max_epochs = max_epochs
+        self.tag = "" if max_epochs is None else f"_e{max_epochs}"
         self.machine = machine()
         self.reused: List[str] = []
 
@@ -296,6 +306,8 @@ def train_part(
 
     train = bench.config_files([CONFIGS / "train.json"], extra)
     evaluate = bench.config_files([CONFIGS / "train.json", CONFIGS / "evaluate.json"], extra)
+    if bench.max_epochs is not None:
+        budget = {"max_epochs": bench.max_epochs, **budget}
 
     def run(folder: Path) -> Dict[str, Any]:
         overrides = bench.overrides(folder, seed=seed, **budget)
@@ -311,7 +323,7 @@ def train_part(
 
     configs = [config_inputs(train, drop_search=True), config_inputs(evaluate, drop_search=True)]
     inputs = {"configs": configs, "arch": arch, "seed": seed, "budget": budget}
-    return bench.part(f"train_{name}", {**inputs, "code": code_digest(TRAIN_CODE)}, run)
+    return bench.part(f"train_{name}{bench.tag}", {**inputs, "code": code_digest(TRAIN_CODE)}, run)
 
 
 def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], seed: int) -> Dict[str, dict]:
@@ -410,6 +422,7 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
     def run(folder: Path) -> Dict[str, Any]:
         budget = parsed(bench.config_files([CONFIGS / "train.json"]), {"bundle_root": str(BUNDLE)})
         epochs, interval = budget.get_parsed_content("max_epochs"), budget.get_parsed_content("val_interval")
+        epochs = bench.max_epochs or epochs
         validations = epochs // interval
         short = {"max_epochs": CALIBRATION_EPOCHS, "val_interval": CALIBRATION_INTERVAL}
         arch_file = save_architecture(
@@ -442,7 +455,8 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
     configs = config_inputs(bench.config_files([CONFIGS / "train.json"]), drop_search=True)
     inputs = {"configs": configs, "arch": searched, "baselines": BASELINES, "code": code_digest(TRAIN_CODE)}
     inputs["method"] = f"short real trainings, {CALIBRATION_EPOCHS} epochs"
-    return bench.part("calibration", inputs, run)
+    inputs["max_epochs"] = bench.max_epochs
+    return bench.part(f"calibration{bench.tag}", inputs, run)
 
 
 # ---------------------------------------------------------------------------------------------------- analysis
@@ -627,7 +641,8 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
         ylabel="stand-alone validation Dice",
     )
     fig.tight_layout()
-    paths.append(_save(fig, work_dir / "fitness_vs_standalone.png", atomic_write))
+    tag = report["settings"].get("tag", "")
+    paths.append(_save(fig, work_dir / f"fitness_vs_standalone{tag}.png", atomic_write))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -658,7 +673,7 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
     ax.set_title("searched against random architectures (same training budget)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    paths.append(_save(fig, work_dir / "searched_vs_random.png", atomic_write))
+    paths.append(_save(fig, work_dir / f"searched_vs_random{tag}.png", atomic_write))
     plt.close(fig)
     return paths
 
@@ -687,6 +702,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--ops", type=int, default=6, help="M: op assignments drawn on seed 0's topology")
     parser.add_argument("--training_seeds", type=int, default=3, help="T: training seeds of the noise floor")
     parser.add_argument("--orders", type=int, default=2000, help="random orders of random search")
+    parser.add_argument(
+        "--max_epochs", type=int, default=None, help="stand-alone training budget (default: the profile's)"
+    )
     parser.add_argument("--quick", action="store_true", help="S=2, N=4, M=3, T=2: a check that it all runs")
     parser.add_argument("--no_reuse", action="store_true", help="re-run every part")
     args = parser.parse_args(argv)
@@ -694,6 +712,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.seeds, args.random, args.ops, args.training_seeds = 2, 4, 3, 2
     if args.seeds < 1 or args.random < 2 or args.ops < 2 or args.training_seeds < 2:
         parser.error("need --seeds >= 1, --random >= 2, --ops >= 2 and --training_seeds >= 2")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error(f"--max_epochs {args.max_epochs}: need at least 1")
     for what, path in (("--profile", args.profile), ("--dataset_dir", args.dataset_dir)):
         if path is not None and not path.exists():
             parser.error(f"{what} {path}: does not exist")
@@ -707,7 +727,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.task == "tubes":
         dataset_dir = tubes_dataset(work_dir / "data" / "tubes")
         class_names = [TUBES_META["labels"]["1"], TUBES_META["labels"]["2"]]
-    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, class_names)
+    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, class_names, args.max_epochs)
     m = bench.machine
     print(f"# {m['cpu']}, {m['cores']} cores, torch {m['torch']}; profile {args.profile.name}; work_dir {work_dir}")
     start = time.perf_counter()
@@ -760,6 +780,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "ops": args.ops,
             "training_seeds": args.training_seeds,
             "quick": args.quick,
+            "max_epochs": args.max_epochs,
+            "tag": bench.tag,
         },
         "architectures": archs_plain,
         "search": found["search"],
@@ -775,7 +797,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     report["figures"] = analyse(found, args)
     report["pictures"] = [str(p) for p in plot(report, work_dir)]
-    atomic_json(work_dir / "search_quality.json", report)
+    atomic_json(work_dir / f"search_quality{bench.tag}.json", report)
     print_report(report)
     return report
 

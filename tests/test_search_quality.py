@@ -95,6 +95,23 @@ def test_fitness_variants_rescore_the_search_fitness(quick_report):
     assert "| soft_dice |" in done.stdout
 
 
+def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report):
+    """--max_epochs N: the searches and the supernet scoring are reused, every network is trained again for N epochs
+    (parts and report tagged _eN), and the profile-budget report is left alone."""
+    work_dir, report, _, args = quick_report
+    before = (work_dir / "search_quality.json").read_text()
+    done = launch([*args, "--max_epochs", "3"], ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    other = json.loads((work_dir / "search_quality_e3.json").read_text())
+    assert set(other["reused_parts"]) == {"search_seed0", "search_seed1", "fitness"}
+    assert other["settings"]["max_epochs"] == 3 and set(other["train"]) == set(report["train"])
+    assert other["figures"]["baseline_epochs"]["searched"]["max_epochs"] == 3
+    log = (work_dir / "runs" / "train_random00_e3" / "train.log").read_text()
+    assert "Epoch[3] Complete" in log and "Epoch[4]" not in log
+    assert (work_dir / "search_quality.json").read_text() == before
+    assert (work_dir / "searched_vs_random_e3.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_training_parts_do_not_depend_on_search_budgets():
     """Changing a search budget in a profile re-runs the searches, not the trainings."""
     spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
