@@ -41,7 +41,7 @@ def test_search_stages_under_torchrun(dataset, tmp_path):
 # Float64 network and data (the preprocessing's closing EnsureTyped; DDP wraps the same module). In float32 the
 # rounding of the convolution and InstanceNorm kernels, which oneDNN picks per batch size and thread count, moves
 # two SGD steps of this network by ~2 % on some CPUs (AMD EPYC, AVX-512: one process with 1 thread against 2 threads
-# differs by 1.9e-2, as much as DDP against one process); in float64 that noise is ~1e-12, so the bound below can
+# differs by 1.9e-2, as much as DDP against one process); in float64 DDP matches one process to 1e-14, so the bound can
 # be tight and still catch a wrong learning-rate scaling or a rank that trains on other cases.
 FLOAT64_NETWORK = "$@network_def.double().to(@device)"
 
