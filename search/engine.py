@@ -17,12 +17,18 @@ from search.distributed import average_gradients
 __all__ = ["cosine_schedule", "create_supernet_trainer", "run_trainer"]
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_iterations: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Cosine decay from the optimizer's learning rate to zero over ``total_iterations`` steps."""
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_iterations: int, hold_fraction: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimizer's learning rate for the first ``hold_fraction`` of ``total_iterations`` steps, then cosine
+    decay to zero over the rest."""
     total = max(1, total_iterations)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, total) / total))
-    )
+    hold = min(int(hold_fraction * total), total - 1)
+
+    def factor(i: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(i - hold, 0), total - hold) / (total - hold)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def create_supernet_trainer(

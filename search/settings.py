@@ -59,7 +59,9 @@ class SearchSettings:
         output_dir: where the stage writes its outputs and its state.
         in_channels / out_channels / base_channels: network I/O and width F, as deployed.
         ops: candidate ops of every cell.
-        batch_size, learning_rate, momentum, weight_decay: SGD on the supernet (cosine decay per training phase).
+        batch_size, learning_rate, momentum, weight_decay: SGD on the supernet.
+        lr_hold_fraction: each training phase keeps ``learning_rate`` for this fraction of its iterations, then
+            decays it to zero by a cosine.
         roi_size, sw_batch_size, overlap: sliding-window validation (the deployed patch size).
         population_size, sample_size, cycles: aging evolution.
         seed: every random decision of the search.
@@ -81,6 +83,7 @@ class SearchSettings:
     learning_rate: float = 0.025
     momentum: float = 0.9
     weight_decay: float = 4e-5
+    lr_hold_fraction: float = 0.0
     roi_size: Union[int, Sequence[int]] = 96
     sw_batch_size: int = 4
     overlap: float = 0.25
@@ -106,6 +109,7 @@ class SearchSettings:
             "learning_rate": (float, {"minimum": 0}),
             "momentum": (float, {"minimum": 0, "maximum": 1}),
             "weight_decay": (float, {"minimum": 0}),
+            "lr_hold_fraction": (float, {"minimum": 0, "below": 1}),
             "sw_batch_size": (int, {"minimum": 1}),
             "overlap": (float, {"minimum": 0, "below": 1}),
             "population_size": (int, {"minimum": 1}),

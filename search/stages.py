@@ -182,7 +182,7 @@ class SearchStage:
             "stage": self.name,
             "data": _fingerprint([self.train_data, self.val_data]),
             "network": [s.in_channels, s.out_channels, s.base_channels, list(s.ops)],
-            "optimizer": [s.batch_size, s.learning_rate, s.momentum, s.weight_decay],
+            "optimizer": [s.batch_size, s.learning_rate, s.momentum, s.weight_decay, s.lr_hold_fraction],
             "validation": [list(s.roi_size), s.sw_batch_size, s.overlap],
             "evolution": [s.population_size, s.sample_size, s.cycles],
             "seed": s.seed,
@@ -238,7 +238,7 @@ class SearchStage:
         optimizer = torch.optim.SGD(
             supernet.parameters(), lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay
         )
-        scheduler = cosine_schedule(optimizer, iterations)
+        scheduler = cosine_schedule(optimizer, iterations, s.lr_hold_fraction)
         if self.state.tensors.get("optimizer") is not None:
             optimizer.load_state_dict(self.state.tensors["optimizer"])
             scheduler.load_state_dict(self.state.tensors["scheduler"])

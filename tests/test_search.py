@@ -110,6 +110,25 @@ def test_patch_stream_is_a_function_of_seed_and_iteration():
     assert ranks == [[16, 17], [18, 19]]  # iteration 4, partitioned by rank
 
 
+@pytest.mark.parametrize("hold", [0.0, 0.5])
+def test_supernet_learning_rate_holds_then_decays_by_a_cosine(hold):
+    from search.engine import cosine_schedule
+
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = cosine_schedule(optimizer, 20, hold_fraction=hold)
+    rates = []
+    for _ in range(21):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    held = int(hold * 20)
+    assert rates[: held + 1] == pytest.approx([0.1] * (held + 1))
+    assert all(a > b for a, b in zip(rates[held:20], rates[held + 1 : 21]))  # strictly decreasing after the hold
+    assert rates[held + (20 - held) // 2] == pytest.approx(0.05)  # half way through the decay: half the rate
+    assert rates[20] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_dice_evaluator():
     from helpers import array_transforms
     from monai.networks.utils import one_hot
