@@ -79,14 +79,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     report = json.loads(report_file.read_text())
     settings, archs, train = report["settings"], report["architectures"], report["train"]
     task = settings.get("task", "embedded")
-    class_names = None
-    if task == "tubes":
-        class_names = [sq.TUBES_META["labels"]["1"], sq.TUBES_META["labels"]["2"]]
     dataset_dir: Optional[Path] = Path(settings["dataset_dir"])
     if task == "embedded" and dataset_dir == sq.BUNDLE / "data" / "synthetic":
         dataset_dir = None  # as the benchmark ran it: the bundle's default
-    bench = sq.Bench(args.work_dir, dataset_dir, Path(settings["profile"]), True, class_names)
-    names = class_names or sq.parsed(bench.config_files([]), {"bundle_root": str(sq.BUNDLE)})["class_names"]
+    bench = sq.Bench(args.work_dir, dataset_dir, Path(settings["profile"]), True)
+    names = sq.parsed(bench.config_files([]), bench.overrides(args.work_dir / "runs" / "search_seed0"))["class_names"]
     random_names = sorted(n for n in archs if n.startswith("random"))
     ops_names = sorted(n for n in archs if n.startswith("ops"))
 

@@ -47,6 +47,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the generated tasks come as benchmarks.tasks, as in the tests
+    sys.path.insert(0, str(ROOT))
+from benchmarks.tasks import TASKS  # noqa: E402
+from benchmarks.tasks import dataset as task_dataset  # noqa: E402
+
 BUNDLE = ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"
 FORMAT = "c2fnas-search-quality/1"
@@ -57,7 +62,7 @@ BASELINES = {  # MONAI's hand-designed networks at the profile's width, as train
     "unet": {
         "_target_": "UNet",
         "spatial_dims": 3,
-        "in_channels": 1,
+        "in_channels": "@in_channels",
         "out_channels": "@num_classes",
         "channels": "$[@base_channels * 2 ** i for i in range(5)]",
         "strides": [2, 2, 2, 2],
@@ -67,66 +72,17 @@ BASELINES = {  # MONAI's hand-designed networks at the profile's width, as train
         "_target_": "SegResNet",
         "spatial_dims": 3,
         "init_filters": "@base_channels",
-        "in_channels": 1,
+        "in_channels": "@in_channels",
         "out_channels": "@num_classes",
         "norm": "$('GROUP', {'num_groups': min(8, @base_channels)})",
     },
 }
 
 
-TUBES_META = {
-    "name": "SyntheticTubes",
-    "description": "Bright tubes along the slice axis in a CT-like body; a tube's length decides its class (generated)",
-    "labels": {"0": "background", "1": "short tube", "2": "long tube"},
-}
-
-
-def tubes_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tuple:
-    """One case of the harder task (``--task tubes``): six enhanced tubes (110 HU) along the slice axis in a soft
-    tissue body (40 HU, noise sigma 15 HU), three short (12-20 mm, class 1) and three long (40-60 mm, class 2).
-    Their cross-sections (radius 3-4.5 mm) come from one distribution, so no single slice tells the classes apart:
-    only context along the slice axis does, which the ops (2D, P3D, 3D) and the depth of a topology give in
-    different amounts. ``(image int16 HU, label uint8)`` of ``shape``."""
-    import numpy as np
-
-    r = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.arange(n) * d for n, d in zip(shape, spacing)], indexing="ij")
-    extent = np.array(shape) * np.array(spacing)
-    cx, cy = extent[0] / 2, extent[1] / 2
-    body = ((x - cx) / (0.46 * extent[0])) ** 2 + ((y - cy) / (0.38 * extent[1])) ** 2 <= 1
-    image = np.where(body, 40.0, -1000.0).astype(np.float32)
-    label = np.zeros(shape, np.uint8)
-    centres: List[tuple] = []
-    for i in range(6):
-        cls = 1 + i % 2
-        for _ in range(200):  # in the body, at least 14 mm from the other tubes
-            px, py = cx + r.uniform(-0.3, 0.3) * extent[0], cy + r.uniform(-0.22, 0.22) * extent[1]
-            if all((px - qx) ** 2 + (py - qy) ** 2 >= 14**2 for qx, qy in centres):
-                break
-        centres.append((px, py))
-        radius = r.uniform(3.0, 4.5)
-        length = r.uniform(12, 20) if cls == 1 else r.uniform(40, 60)
-        z0 = r.uniform(5, extent[2] - length - 5)
-        tube = ((x - px) ** 2 + (y - py) ** 2 <= radius**2) & (z >= z0) & (z < z0 + length)
-        label[tube], image[tube] = cls, 110.0
-    image += r.normal(0, 15, shape).astype(np.float32)
-    return np.clip(image, -1024, 3071).astype(np.int16), label
-
-
 def bundle_importable() -> None:
     """The bundle's own ``scripts`` package importable in this process, as the bundle's ``initialize`` does."""
     if str(BUNDLE) not in sys.path:
         sys.path.insert(0, str(BUNDLE))
-
-
-def tubes_dataset(folder: Path) -> Path:
-    """The tubes task in MSD layout (24 labelled cases, 2 test images), generated once into ``folder``."""
-    bundle_importable()
-    from scripts.data import generate_synthetic_dataset
-
-    if not (folder / "dataset.json").exists():
-        generate_synthetic_dataset(folder, case=tubes_case, meta=TUBES_META)
-    return folder
 
 
 def machine() -> Dict[str, Any]:
@@ -167,16 +123,9 @@ class Bench:
     """Runs the bundle's configs as subprocesses and keeps each finished part with the inputs it depends on."""
 
     def __init__(
-        self,
-        work_dir: Path,
-        dataset_dir: Optional[Path],
-        profile: Path,
-        reuse: bool,
-        class_names: Optional[list],
-        max_epochs: Optional[int] = None,
+        self, work_dir: Path, dataset_dir: Optional[Path], profile: Path, reuse: bool, max_epochs: Optional[int] = None
     ):
         self.work_dir, self.dataset_dir, self.profile, self.reuse = work_dir, dataset_dir, profile, reuse
-        self.class_names = class_names
         # the stand-alone training budget: the profile's, or max_epochs (its trainings, report and pictures then
         # carry the tag "_e<max_epochs>", so they sit beside the profile-budget ones and share the searches)
         self.max_epochs = max_epochs
@@ -191,8 +140,6 @@ class Bench:
         found = {"bundle_root": str(BUNDLE), "output_dir": str(output_dir)}
         if self.dataset_dir is not None:
             found["dataset_dir"] = str(self.dataset_dir)
-        if self.class_names is not None:
-            found["class_names"] = self.class_names
         return {**found, **more}
 
     def bundle_run(self, log: Path, files: Sequence[Path], overrides: Dict[str, Any]) -> float:
@@ -693,7 +640,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", type=Path, default=None, help="MSD-layout dataset (default: embedded)")
     parser.add_argument(
-        "--task", choices=["embedded", "tubes"], default="embedded", help="tubes: the harder generated task"
+        "--task",
+        choices=["embedded", *TASKS],
+        default="embedded",
+        help="a generated task (benchmarks/tasks.py): tubes, the harder one; prostate_mr, kidney_ct",
     )
     parser.add_argument("--profile", type=Path, default=CONFIGS / "cpu_profile.json", help="budget profile")
     parser.add_argument("--work_dir", type=Path, default=None, help="default: runs/search_quality[_tubes]")
@@ -723,11 +673,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     default_dir = ROOT / "runs" / ("search_quality" if args.task == "embedded" else f"search_quality_{args.task}")
     work_dir = (args.work_dir or default_dir).resolve()
     dataset_dir = args.dataset_dir.resolve() if args.dataset_dir is not None else None
-    class_names = None
-    if args.task == "tubes":
-        dataset_dir = tubes_dataset(work_dir / "data" / "tubes")
-        class_names = [TUBES_META["labels"]["1"], TUBES_META["labels"]["2"]]
-    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, class_names, args.max_epochs)
+    if args.task != "embedded":
+        dataset_dir = task_dataset(args.task, work_dir / "data" / args.task)
+    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, args.max_epochs)
     m = bench.machine
     print(f"# {m['cpu']}, {m['cores']} cores, torch {m['torch']}; profile {args.profile.name}; work_dir {work_dir}")
     start = time.perf_counter()

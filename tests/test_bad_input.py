@@ -56,9 +56,10 @@ DATA_CASES = [
     ("image and label affines differ", lambda d: _rewrite(_first(d), lambda v, a: (v, a * np.diag([2, 1, 1, 1]))),
      "{d}/labelsTr/synthetic_000.nii.gz: label affine differs from image"),
     ("4D image with 2 channels", lambda d: _rewrite(_first(d, "imagesTr"), lambda v, a: (np.stack([v, v], -1), a)),
-     r"{d}/imagesTr/synthetic_000.nii.gz: image has shape \(96, 96, 40, 2\); one 3D channel is expected"),
+     r"{d}/imagesTr/synthetic_000.nii.gz: image has shape \(96, 96, 40, 2\); one 3D channel is expected "
+     r"\(dataset.json 'modality'\)"),
     ("label values outside 0..2", lambda d: _rewrite(_first(d), lambda v, a: (np.where(v == 1, 5, v).astype(np.uint8), a)),  # noqa: E501
-     r"{d}/labelsTr/synthetic_000.nii.gz: label values must be 0..2; found \[5\]"),
+     r"{d}/labelsTr/synthetic_000.nii.gz: label values must be 0..2 \(dataset.json 'labels'\); found \[5\]"),
     ("NaN voxels", lambda d: _rewrite(_first(d, "imagesTr"), lambda v, a: (np.where(v > 300, np.nan, v).astype(np.float32), a)),  # noqa: E501
      r"{d}/imagesTr/synthetic_000.nii.gz: image holds \d+ NaN or Inf voxels"),
     ("empty training split", lambda d: {"val_fraction": 1.0}, "{d}/dataset.json: the training split is empty"),
@@ -123,21 +124,30 @@ def test_weights_that_do_not_fit(dataset, tmp_path, kind):
     else:
         weights.write_bytes(b"not a checkpoint")
         expected = "cannot read weights"
-    code, last, _ = _run(["inference.json"], tmp_path, dataset_dir=str(dataset), ckpt_file=str(weights))
+    shipped_plan = str(BUNDLE / "models" / "plan.json")
+    code, last, _ = _run(
+        ["inference.json"], tmp_path, dataset_dir=str(dataset), ckpt_file=str(weights), weights_plan_file=shipped_plan
+    )
     assert code != 0 and last.startswith(f"WeightsError: {weights}: "), last
     assert re.search(expected, last), last
     assert not list((tmp_path / "out").glob("inference/*.nii.gz"))
 
 
-def test_volume_smaller_than_the_patch_is_padded(tmp_path):
-    """Cases of 12×12×6 voxels (smaller than the 32³ patch at 2 mm): training and inference pad instead of failing."""
+def test_test_image_smaller_than_the_patch_is_padded(tmp_path):
+    """Cases of 40 x 40 x 16 voxels (20 x 20 x 16 at the tiny profile's 2 mm; the plan's patch 32 x 16 x 16 pads
+    the first axis in training): inference
+    with a 32^3 patch pads them and writes the segmentation in the input's shape. (Training cases smaller than any
+    patch are refused: tests/test_planning.py.)"""
     from scripts.data import generate_synthetic_dataset
 
-    dataset = generate_synthetic_dataset(tmp_path / "small", num_cases=3, num_test=1, shape=(24, 24, 12))
+    dataset = generate_synthetic_dataset(tmp_path / "small", num_cases=3, num_test=1, shape=(40, 40, 16))
     code, last, _ = _run(["train.json"], tmp_path, dataset_dir=str(dataset), val_interval=1)
     assert code == 0, last
+    assert json.loads((tmp_path / "out" / "plan.json").read_text())["roi_size"] == [32, 16, 16]
     model = tmp_path / "out" / "models" / "model.pt"
-    code, last, _ = _run(["inference.json"], tmp_path, dataset_dir=str(dataset), ckpt_file=str(model))
+    code, last, _ = _run(
+        ["inference.json"], tmp_path, dataset_dir=str(dataset), ckpt_file=str(model), roi_size=[32, 32, 32]
+    )
     assert code == 0, last
     (seg,) = (tmp_path / "out" / "inference").glob("*_seg.nii.gz")
     assert nib.load(str(seg)).shape == nib.load(str(_first(dataset, "imagesTs"))).shape

@@ -97,11 +97,18 @@ def test_ddp_evaluation_equals_single_process(dataset, tmp_path):
 
     torch.manual_seed(0)
     torch.save(C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict(), tmp_path / "w.pt")
+    bundle_run(
+        ["plan.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(tmp_path), "val_fraction": 0.34}
+    )
     reports = []
     for name, torchrun, extra in [("single", False, []), ("ddp", True, ["multi_gpu_evaluate.json"])]:
         out = tmp_path / name
-        overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34,
-                     "ckpt_file": str(tmp_path / "w.pt")}  # fmt: skip
+        overrides = {
+            "dataset_dir": str(dataset),
+            "output_dir": str(out),
+            "val_fraction": 0.34,
+            "ckpt_file": str(tmp_path / "w.pt"),
+        }  # fmt: skip  (the plan beside w.pt: made from the data)
         bundle_run(["train.json", "evaluate.json", *extra], tmp_path, overrides, torchrun=torchrun)
         reports.append(json.loads((out / "eval" / "dice_per_class.json").read_text()))
     assert reports[0]["cases"] == reports[1]["cases"] == 2

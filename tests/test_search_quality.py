@@ -1,4 +1,5 @@
-"""The search-quality benchmark (benchmarks/search_quality.py) end to end at --quick on the tests' tiny profile."""
+"""The search-quality benchmark (benchmarks/search_quality.py) end to end at --quick on the tests' tiny profile, on
+the generated 2-channel MR-like task (benchmarks/tasks.py ``prostate_mr``, 6 cases)."""
 
 import importlib.util
 import json
@@ -17,9 +18,12 @@ def _finite(value, low=-math.inf, high=math.inf):
 
 
 @pytest.fixture(scope="module")
-def quick_report(dataset, tmp_path_factory):
+def quick_report(tmp_path_factory):
+    from benchmarks.tasks import dataset
+
+    mr = dataset("prostate_mr", tmp_path_factory.mktemp("data") / "prostate_mr", num_cases=6, num_test=1)
     work_dir = tmp_path_factory.mktemp("search_quality")
-    args = [BENCHMARK, "--quick", "--profile", TINY_PROFILE, "--dataset_dir", dataset, "--work_dir", work_dir]
+    args = [BENCHMARK, "--quick", "--profile", TINY_PROFILE, "--dataset_dir", mr, "--work_dir", work_dir]
     done = launch(args, ROOT, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return work_dir, json.loads((work_dir / "search_quality.json").read_text()), done.stdout, args
@@ -28,6 +32,8 @@ def quick_report(dataset, tmp_path_factory):
 def test_quick_benchmark_reports_every_figure(quick_report):
     work_dir, report, stdout, _ = quick_report
     assert report["format"] == "c2fnas-search-quality/1" and report["machine"]["cores"] >= 1
+    plan = json.loads((work_dir / "runs" / "train_random00" / "plan.json").read_text())
+    assert plan["in_channels"] == 2 and plan["class_names"] == ["peripheral zone", "transition zone"]
     settings = report["settings"]
     assert (settings["seeds"], settings["random"], settings["ops"], settings["training_seeds"]) == (2, 4, 3, 2)
     names = {f"random{i:02d}" for i in range(4)} | {f"ops{i:02d}" for i in range(3)}

@@ -3,7 +3,8 @@ and the embedded default, a small synthetic pancreas CT dataset generated on fir
 
 MSD layout: ``<dataset_dir>/dataset.json`` with ``"training": [{"image": "./imagesTr/x.nii.gz", "label":
 "./labelsTr/x.nii.gz"}, ...]`` and optionally ``"test": ["./imagesTs/y.nii.gz", ...]``; paths are relative to
-``dataset_dir``. Labels: 0 background, 1 pancreas, 2 pancreatic tumour.
+``dataset_dir``. ``labels`` (``{"0": "background", "1": ...}``) names the label values and ``modality``
+(``{"0": "CT"}``, or one entry per channel of a 4D image) the image channels; both are required for training.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = [
     "DatasetError",
     "ensure_dataset",
     "check_case",
+    "dataset_classes",
+    "dataset_modalities",
     "split_datalist",
     "test_datalist",
     "generate_synthetic_dataset",
@@ -74,24 +77,66 @@ def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({one_line(e)})") from None
 
 
-_CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times) of the cases that passed, in this process
+_CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times, expectations) of the cases that passed
 
 
-def check_case(image: str, label: Optional[str] = None, num_classes: int = 3) -> None:
+def dataset_classes(meta: dict, source: PathLike) -> Dict[int, str]:
+    """``{label value: class name}`` from dataset.json's ``labels``; values must be 0 (background), 1, ..., K."""
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or len(labels) < 2:
+        raise DatasetError(
+            f'{source}: needs \'labels\' naming the label values, e.g. {{"0": "background", "1": "organ"}}'
+        )
+    try:
+        classes = {int(value): str(name) for value, name in labels.items()}
+    except ValueError:
+        raise DatasetError(f"{source}: 'labels' keys must be label values 0, 1, ...; got {sorted(labels)}") from None
+    if sorted(classes) != list(range(len(classes))):
+        raise DatasetError(
+            f"{source}: 'labels' must number the classes 0 (background), 1, 2, ...; got {sorted(classes)}"
+        )
+    return classes
+
+
+def dataset_modalities(meta: dict, source: PathLike) -> List[str]:
+    """The image channels' modalities from dataset.json's ``modality``: ``{"0": "CT"}``, ``{"0": "T2", "1": "ADC"}``."""
+    modality = meta.get("modality")
+    if not isinstance(modality, dict) or not modality:
+        raise DatasetError(f'{source}: needs \'modality\' naming each image channel, e.g. {{"0": "CT"}}')
+    try:
+        channels = {int(k): str(v) for k, v in modality.items()}
+    except ValueError:
+        raise DatasetError(
+            f"{source}: 'modality' keys must be channel numbers 0, 1, ...; got {sorted(modality)}"
+        ) from None
+    if sorted(channels) != list(range(len(channels))):
+        raise DatasetError(f"{source}: 'modality' must number the channels 0, 1, ...; got {sorted(channels)}")
+    return [channels[i] for i in range(len(channels))]
+
+
+def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, channels: int = 1) -> None:
     """Read one case and raise ``DatasetError`` naming the file when: it cannot be read (missing, truncated, not
-    NIfTI); it is not one 3D channel; it holds NaN or Inf; the label has values outside ``0..num_classes - 1``;
-    image and label differ in shape or affine."""
+    NIfTI); the image is not 3D with ``channels`` channels (a 4D NIfTI holds them on its last axis, as MSD does)
+    or the label not 3D; it holds NaN or Inf; the label has values outside ``0..num_classes - 1``; image and label
+    differ in spatial shape or affine."""
     paths = (image,) if label is None else (image, label)
     key = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if os.path.exists(p))
+    key += (num_classes, channels)
     if _CHECKED.get(key):
         return
     volumes = {}
     for path, what in zip(paths, ("image", "label")):
         voxels, affine = _load_volume(path, what)
+        expected = channels if what == "image" else 1
         if voxels.ndim == 4 and voxels.shape[3] == 1:
             voxels = voxels[..., 0]
-        if voxels.ndim != 3:
-            raise DatasetError(f"{path}: {what} has shape {voxels.shape}; one 3D channel is expected")
+        found = voxels.shape[3] if voxels.ndim == 4 else 1 if voxels.ndim == 3 else None
+        if found != expected:
+            want = "one 3D channel" if expected == 1 else f"{expected} channels (4D, channels last)"
+            source = " (dataset.json 'modality')" if what == "image" else ""
+            raise DatasetError(f"{path}: {what} has shape {voxels.shape}; {want} is expected{source}")
+        if voxels.dtype.kind not in "biuf":
+            raise DatasetError(f"{path}: {what} voxels are of type {voxels.dtype}; real numbers are expected")
         if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
             raise DatasetError(f"{path}: {what} holds {int((~np.isfinite(voxels)).sum())} NaN or Inf voxels")
         volumes[what] = voxels, affine
@@ -100,9 +145,13 @@ def check_case(image: str, label: Optional[str] = None, num_classes: int = 3) ->
         bad = (voxels < 0) | (voxels > num_classes - 1) | (voxels != np.round(voxels))
         if bad.any():
             values = sorted(set(np.unique(voxels[bad]).tolist()))[:5]
-            raise DatasetError(f"{label}: label values must be 0..{num_classes - 1}; found {values}")
-        if voxels.shape != image_voxels.shape:
-            raise DatasetError(f"{label}: label shape {voxels.shape} differs from image {image} {image_voxels.shape}")
+            raise DatasetError(
+                f"{label}: label values must be 0..{num_classes - 1} (dataset.json 'labels'); found {values}"
+            )
+        if voxels.shape != image_voxels.shape[:3]:
+            raise DatasetError(
+                f"{label}: label shape {voxels.shape} differs from image {image} {image_voxels.shape[:3]}"
+            )
         if not np.allclose(affine, image_affine, atol=1e-3):
             raise DatasetError(f"{label}: label affine differs from image {image}; both must share one voxel grid")
     _CHECKED[key] = True
@@ -126,6 +175,7 @@ def split_datalist(
     dataset_dir = Path(dataset_dir)
     meta = _read_dataset_json(dataset_dir)
     source = dataset_dir / "dataset.json"
+    num_classes, channels = len(dataset_classes(meta, source)), len(dataset_modalities(meta, source))
     pairs = []
     for i, item in enumerate(meta["training"]):
         if not isinstance(item, dict) or not {"image", "label"} <= set(item):
@@ -148,13 +198,13 @@ def split_datalist(
     data = [pairs[i] for i in sorted(chosen)]
     data = data[:max_cases] if max_cases > 0 else data
     for item in data if check else []:
-        check_case(item["image"], item["label"])
+        check_case(item["image"], item["label"], num_classes, channels)
     return data
 
 
-def test_datalist(dataset_dir: PathLike, check: bool = True) -> List[Dict[str, str]]:
+def test_datalist(dataset_dir: PathLike, check: bool = True, channels: int = 1) -> List[Dict[str, str]]:
     """Images to segment: the ``test`` list of dataset.json, else every ``imagesTs/*.nii.gz`` (each checked with
-    ``check_case`` when ``check``)."""
+    ``check_case`` when ``check``, for the ``channels`` the network takes)."""
     dataset_dir = Path(dataset_dir)
     meta = _read_dataset_json(dataset_dir)
     source = dataset_dir / "dataset.json"
@@ -167,7 +217,7 @@ def test_datalist(dataset_dir: PathLike, check: bool = True) -> List[Dict[str, s
     if not data:
         raise DatasetError(f"{source}: no test images (no 'test' list and nothing in {dataset_dir / 'imagesTs'})")
     for item in data if check else []:
-        check_case(item["image"])
+        check_case(item["image"], channels=channels)
     return data
 
 
@@ -246,15 +296,17 @@ def generate_synthetic_dataset(
     shape=(96, 96, 40),
     case: Callable[..., tuple] = synthetic_case,
     meta: Optional[dict] = None,
+    spacing=(1.0, 1.0, 2.5),
 ) -> Path:
     """Write ``num_cases`` labelled and ``num_test`` unlabelled synthetic cases in MSD layout, atomically (into a
     temporary folder, then renamed), so an interrupted generation leaves nothing half-written. ``case(seed, shape,
-    spacing) -> (image, label)`` makes one case; ``meta`` gives its ``name``, ``description`` and ``labels``."""
+    spacing) -> (image, label)`` makes one case (image ``shape`` or ``(*shape, channels)``, saved as a 4D NIfTI
+    with channels last, as MSD does); ``meta`` gives its ``name``, ``description``, ``labels`` and, for other
+    images than one CT channel, ``modality``."""
     dataset_dir = Path(dataset_dir)
     if (dataset_dir / "dataset.json").exists():
         raise DatasetError(f"{dataset_dir}: already holds a dataset; not overwriting it")
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
-    spacing = (1.0, 1.0, 2.5)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.", dir=dataset_dir.parent))
     try:
         for folder in ("imagesTr", "labelsTr", "imagesTs"):
@@ -271,11 +323,12 @@ def generate_synthetic_dataset(
                 _save_nifti(image, spacing, tmp / "imagesTs" / name)
                 test.append(f"./imagesTs/{name}")
         described = meta or SYNTHETIC_META
+        modality = described.get("modality", {"0": "CT"})
         meta = {
             "name": described["name"],
             "description": described["description"],
-            "tensorImageSize": "3D",
-            "modality": {"0": "CT"},
+            "tensorImageSize": "4D" if len(modality) > 1 else "3D",
+            "modality": modality,
             "labels": described["labels"],
             "numTraining": num_cases,
             "numTest": num_test,

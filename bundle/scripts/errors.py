@@ -1,7 +1,7 @@
 """The bundle's bad-input errors and how a stage shows them.
 
-Every error about bad input (a dataset file, a setting, a weights file, an architecture file, a saved search state)
-is one of ``input_error_types()``. ``install_excepthook()`` makes the interpreter print such an error as its one
+Every error about bad input (a dataset file, a setting, a weights file, a plan, an architecture file, a saved search
+state) is one of ``input_error_types()``. ``install_excepthook()`` makes the interpreter print such an error as its one
 message, without the traceback of the config machinery around it; ``C2FNAS_TRACEBACK=1`` shows the full traceback.
 """
 
@@ -15,6 +15,7 @@ __all__ = [
     "DatasetError",
     "SettingsError",
     "WeightsError",
+    "PlanError",
     "one_line",
     "input_error_types",
     "input_error",
@@ -34,6 +35,10 @@ class WeightsError(RuntimeError):
     """A weights or training-state file cannot be read or does not fit; the message names the file."""
 
 
+class PlanError(ValueError):
+    """A plan file cannot be read, is not a valid plan, or was made from other data; the message names the file."""
+
+
 def one_line(error: BaseException) -> str:
     """``"<type>: <first line of the message>"``, for an error quoted inside another one-line message."""
     lines = str(error).strip().splitlines()
@@ -45,7 +50,15 @@ def input_error_types() -> Tuple[Type[BaseException], ...]:
     from networks import ArchitectureError
     from search import SearchSettingsError, SearchStateError
 
-    return DatasetError, SettingsError, WeightsError, ArchitectureError, SearchSettingsError, SearchStateError
+    return (
+        DatasetError,
+        SettingsError,
+        WeightsError,
+        PlanError,
+        ArchitectureError,
+        SearchSettingsError,
+        SearchStateError,
+    )
 
 
 def input_error(error: Optional[BaseException]) -> Optional[BaseException]:

@@ -33,8 +33,20 @@ SETTINGS: Dict[str, dict] = {
         "description": "3 patch sides, each a multiple of 16 (the network downsamples 16 times)",
     },
     "pixdim": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3, "maxItems": 3},
-    "a_min": {"type": "number"},
-    "a_max": {"type": "number"},
+    "plan_min_spacing": {
+        "type": ["array", "null"],
+        "items": {"type": "number", "exclusiveMinimum": 0},
+        "minItems": 3,
+        "maxItems": 3,
+        "description": "null, or the coarsest spacing the plan may keep per axis (mm)",
+    },
+    "plan_max_roi_size": {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 16, "multipleOf": 16},
+        "minItems": 3,
+        "maxItems": 3,
+        "description": "3 largest patch sides the plan may choose, each a multiple of 16",
+    },
     "num_samples": _POSITIVE_INT,
     "batch_size": _POSITIVE_INT,
     "sw_batch_size": _POSITIVE_INT,
@@ -52,6 +64,4 @@ def check_settings(**settings: Any) -> bool:
         if error is not None:
             hint = f" ({SETTINGS[name]['description']})" if "description" in SETTINGS[name] else ""
             raise SettingsError(f"setting '{name}' (config or --{name} override): {error.message}{hint}")
-    if "a_min" in settings and "a_max" in settings and not settings["a_min"] < settings["a_max"]:
-        raise SettingsError(f"settings 'a_min' {settings['a_min']} and 'a_max' {settings['a_max']}: need a_min < a_max")
     return True

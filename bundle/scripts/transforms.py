@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, Mapping
+from typing import Any, Dict, Hashable, Mapping, Sequence
 
-from monai.transforms import Spacingd
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensityRange, Spacingd
 
-__all__ = ["SafeSpacingd"]
+__all__ = ["SafeSpacingd", "PlanIntensityd"]
 
 
 class SafeSpacingd(Spacingd):
@@ -28,3 +30,45 @@ class SafeSpacingd(Spacingd):
         out = super().__call__(d, lazy=lazy)
         out.update(held)
         return out
+
+
+class PlanIntensityd(MapTransform):
+    """The plan's intensity normalisation, one scheme per image channel (``intensity`` of plan.json).
+
+    MONAI's intensity transforms apply one scheme to every channel; a plan may give each channel its own (a CT
+    channel beside MR ones). Schemes, each a MONAI transform on that channel:
+
+    - ``ct_foreground``: clip to ``clip`` (the foreground 0.5-99.5 percentiles), then ``(x - mean) / std``
+      (``ScaleIntensityRange`` between the clip bounds and their z-scores);
+    - ``zscore_nonzero``: ``(x - mean) / std`` over the channel's non-zero voxels of this image
+      (``NormalizeIntensity(nonzero=True)``);
+    - ``window``: clip to ``[a_min, a_max]`` and scale to ``[0, 1]`` (``ScaleIntensityRange``).
+
+    Input ``(C, *spatial)`` with ``C == len(intensity)``; output float32 of the same shape.
+    """
+
+    def __init__(self, keys: KeysCollection, intensity: Sequence[Mapping[str, Any]], allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = [self._channel_transform(c) for c in intensity]
+
+    @staticmethod
+    def _channel_transform(channel: Mapping[str, Any]):
+        scheme = channel["scheme"]
+        if scheme == "ct_foreground":
+            (low, high), mean, std = channel["clip"], channel["mean"], channel["std"]
+            return ScaleIntensityRange(low, high, (low - mean) / std, (high - mean) / std, clip=True)
+        if scheme == "window":
+            return ScaleIntensityRange(channel["a_min"], channel["a_max"], 0.0, 1.0, clip=True)
+        if scheme == "zscore_nonzero":
+            return NormalizeIntensity(nonzero=True)
+        raise ValueError(f"unknown intensity scheme {scheme!r}")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key]) if not isinstance(d[key], torch.Tensor) else d[key]
+            if image.shape[0] != len(self.channels):
+                raise ValueError(f"{key}: {image.shape[0]} channels; the plan normalises {len(self.channels)}")
+            image = image.float()
+            d[key] = torch.cat([t(image[c : c + 1]) for c, t in enumerate(self.channels)], 0)
+        return d

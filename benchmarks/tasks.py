@@ -1,0 +1,145 @@
+"""Generated MSD-layout tasks beside the bundle's embedded synthetic pancreas, for the benchmarks and the tests.
+
+- ``tubes``: CT-like, 2 foreground classes told apart only by context along the slice axis (search quality).
+- ``prostate_mr``: 2-channel MR-like 4D images (T2, ADC), 2 zones, anisotropic 0.6 × 0.6 × 3 mm.
+- ``kidney_ct``: 1-channel CT-like, 1 contrast-enhanced organ (about 180 HU), 0.8 × 0.8 × 1.5 mm.
+
+``dataset(name, folder)`` generates one (24 labelled cases, 2 test images unless told) once into ``folder``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+
+TUBES_META = {
+    "name": "SyntheticTubes",
+    "description": "Bright tubes along the slice axis in a CT-like body; a tube's length decides its class (generated)",
+    "labels": {"0": "background", "1": "short tube", "2": "long tube"},
+}
+PROSTATE_MR_META = {
+    "name": "SyntheticProstateMR",
+    "description": "Two-channel MR-like volumes (T2, ADC) with a peripheral and a transition zone (generated)",
+    "modality": {"0": "T2", "1": "ADC"},
+    "labels": {"0": "background", "1": "peripheral zone", "2": "transition zone"},
+}
+KIDNEY_CT_META = {
+    "name": "SyntheticKidneyCT",
+    "description": "CT-like volumes with one contrast-enhanced kidney-like organ (generated)",
+    "labels": {"0": "background", "1": "kidney"},
+}
+
+
+def _grid(shape, spacing) -> List[np.ndarray]:
+    return np.meshgrid(*[np.arange(n) * d for n, d in zip(shape, spacing)], indexing="ij")
+
+
+def tubes_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tuple:
+    """Six enhanced tubes (110 HU) along the slice axis in a soft tissue body (40 HU, noise sigma 15 HU), three
+    short (12-20 mm, class 1) and three long (40-60 mm, class 2). Their cross-sections (radius 3-4.5 mm) come from
+    one distribution, so no single slice tells the classes apart: only context along the slice axis does, which
+    the ops (2D, P3D, 3D) and the depth of a topology give in different amounts. ``(image int16 HU, label uint8)``
+    of ``shape``."""
+    r = np.random.default_rng(seed)
+    x, y, z = _grid(shape, spacing)
+    extent = np.array(shape) * np.array(spacing)
+    cx, cy = extent[0] / 2, extent[1] / 2
+    body = ((x - cx) / (0.46 * extent[0])) ** 2 + ((y - cy) / (0.38 * extent[1])) ** 2 <= 1
+    image = np.where(body, 40.0, -1000.0).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    centres: List[tuple] = []
+    for i in range(6):
+        cls = 1 + i % 2
+        for _ in range(200):  # in the body, at least 14 mm from the other tubes
+            px, py = cx + r.uniform(-0.3, 0.3) * extent[0], cy + r.uniform(-0.22, 0.22) * extent[1]
+            if all((px - qx) ** 2 + (py - qy) ** 2 >= 14**2 for qx, qy in centres):
+                break
+        centres.append((px, py))
+        radius = r.uniform(3.0, 4.5)
+        length = r.uniform(12, 20) if cls == 1 else r.uniform(40, 60)
+        z0 = r.uniform(5, extent[2] - length - 5)
+        tube = ((x - px) ** 2 + (y - py) ** 2 <= radius**2) & (z >= z0) & (z < z0 + length)
+        label[tube], image[tube] = cls, 110.0
+    image += r.normal(0, 15, shape).astype(np.float32)
+    return np.clip(image, -1024, 3071).astype(np.int16), label
+
+
+def prostate_mr_case(seed: int, shape=(128, 128, 24), spacing=(0.6, 0.6, 3.0)) -> tuple:
+    """A pelvis-like ellipse (zero outside, as MR is) holding a gland: a transition zone (class 2) in front of a
+    crescent-shaped peripheral zone (class 1). Channel 0 (T2-like): body 300, transition zone 450, peripheral zone
+    650; channel 1 (ADC-like): body 1000, transition 800, peripheral 1300; multiplicative bias field and Gaussian
+    noise. ``(image float32 (*shape, 2), label uint8 shape)``."""
+    r = np.random.default_rng(seed)
+    x, y, z = _grid(shape, spacing)
+    extent = np.array(shape) * np.array(spacing)
+    c = extent / 2 + np.array([r.uniform(-4, 4), r.uniform(-4, 4), r.uniform(-6, 6)])
+    body = ((x - extent[0] / 2) / (0.45 * extent[0])) ** 2 + ((y - extent[1] / 2) / (0.4 * extent[1])) ** 2 <= 1
+    radii = np.array([r.uniform(14, 18), r.uniform(11, 14), r.uniform(14, 20)])
+    gland = ((x - c[0]) / radii[0]) ** 2 + ((y - c[1]) / radii[1]) ** 2 + ((z - c[2]) / radii[2]) ** 2 <= 1
+    inner = ((x - c[0]) / (0.65 * radii[0])) ** 2 + ((y - c[1] + 0.25 * radii[1]) / (0.6 * radii[1])) ** 2
+    inner = gland & (inner + ((z - c[2]) / (0.8 * radii[2])) ** 2 <= 1)
+    label = np.zeros(shape, np.uint8)
+    label[gland & body] = 1
+    label[inner & body] = 2
+    bias = 1 + 0.15 * np.sin(x / extent[0] * np.pi + r.uniform(0, np.pi)) * np.cos(y / extent[1] * np.pi)
+    channels = []
+    for values, sigma in (((300.0, 650.0, 450.0), 30.0), ((1000.0, 1300.0, 800.0), 60.0)):
+        channel = np.where(body, values[0], 0.0)
+        channel[label == 1], channel[label == 2] = values[1], values[2]
+        channel = channel * bias + body * r.normal(0, sigma, shape)
+        channels.append(np.clip(channel, 0, None))
+    return np.stack(channels, -1).astype(np.float32), label
+
+
+def kidney_ct_case(seed: int, shape=(80, 80, 48), spacing=(0.8, 0.8, 1.5)) -> tuple:
+    """An abdomen-like body (air -1000, fat -90, soft tissue 50 HU) with a bean-shaped, contrast-enhanced organ
+    (cortex 190 HU, medulla 120 HU) and a bright bone (700 HU); noise sigma 20 HU. ``(image int16, label uint8)``."""
+    r = np.random.default_rng(seed)
+    x, y, z = _grid(shape, spacing)
+    extent = np.array(shape) * np.array(spacing)
+    cx, cy = extent[0] / 2, extent[1] / 2
+    body = ((x - cx) / (0.47 * extent[0])) ** 2 + ((y - cy) / (0.42 * extent[1])) ** 2 <= 1
+    image = np.where(body, 50.0, -1000.0)
+    image[body & (((x - cx) / (0.47 * extent[0])) ** 2 + ((y - cy) / (0.42 * extent[1])) ** 2 > 0.8)] = -90.0
+    image[((x - cx) ** 2 + (y - cy - 0.25 * extent[1]) ** 2 <= 36)] = 700.0
+    k = np.array([cx + r.uniform(-14, -6), cy + r.uniform(-5, 5), extent[2] / 2 + r.uniform(-6, 6)])
+    radii = np.array([r.uniform(9, 12), r.uniform(6, 8), r.uniform(16, 22)])
+    organ = (((x - k[0]) / radii[0]) ** 2 + ((y - k[1]) / radii[1]) ** 2 + ((z - k[2]) / radii[2]) ** 2 <= 1) & body
+    hilum = ((x - k[0] - radii[0]) / (0.5 * radii[0])) ** 2 + ((y - k[1]) / radii[1]) ** 2 <= 1
+    organ &= ~hilum
+    medulla = organ & (((x - k[0]) / radii[0]) ** 2 + ((y - k[1]) / radii[1]) ** 2 <= 0.35)
+    image[organ], image[medulla] = 190.0, 120.0
+    image += r.normal(0, 20, shape)
+    return np.clip(image, -1024, 3071).astype(np.int16), organ.astype(np.uint8)
+
+
+TASKS: Dict[str, Dict[str, Any]] = {
+    "tubes": {"case": tubes_case, "meta": TUBES_META, "shape": (96, 96, 40), "spacing": (1.0, 1.0, 2.5)},
+    "prostate_mr": {
+        "case": prostate_mr_case,
+        "meta": PROSTATE_MR_META,
+        "shape": (128, 128, 24),
+        "spacing": (0.6, 0.6, 3.0),
+    },
+    "kidney_ct": {"case": kidney_ct_case, "meta": KIDNEY_CT_META, "shape": (80, 80, 48), "spacing": (0.8, 0.8, 1.5)},
+}
+
+
+def dataset(name: str, folder: Path, num_cases: int = 24, num_test: int = 2) -> Path:
+    """Task ``name`` of ``TASKS`` in MSD layout, generated once into ``folder`` (reused when already there)."""
+    if str(BUNDLE) not in sys.path:
+        sys.path.insert(0, str(BUNDLE))
+    from scripts.data import generate_synthetic_dataset
+
+    task: Dict[str, Any] = TASKS[name]
+    make: Callable[..., tuple] = task["case"]
+    if not (Path(folder) / "dataset.json").exists():
+        generate_synthetic_dataset(
+            folder, num_cases, num_test, shape=task["shape"], case=make, meta=task["meta"], spacing=task["spacing"]
+        )
+    return Path(folder)
