@@ -91,7 +91,7 @@ def test_plan_agrees_with_data_analyzer(task_datasets, tmp_path, task):
 
     dataset, _ = task_datasets[task]
     train = split_datalist(dataset, "training", 0.2, 0)
-    plan = task_plan(tmp_path / "plan.json", dataset, train)
+    plan = task_plan(tmp_path / "plan.json", dataset)
     stats = DataAnalyzer({"training": train}, str(dataset), output_path="", device="cpu", worker=0).get_all_case_stats()
     summary, cases = stats["stats_summary"], stats["stats_by_cases"]
     assert plan["summary"]["cases"] == summary["n_cases"] == len(train)

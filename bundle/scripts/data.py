@@ -77,7 +77,7 @@ def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({one_line(e)})") from None
 
 
-_CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times, expectations) of the cases that passed
+_CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times, expectations) that passed -> has foreground
 
 
 def dataset_classes(meta: dict, source: PathLike) -> Dict[int, str]:
@@ -114,16 +114,17 @@ def dataset_modalities(meta: dict, source: PathLike) -> List[str]:
     return [channels[i] for i in range(len(channels))]
 
 
-def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, channels: int = 1) -> None:
-    """Read one case and raise ``DatasetError`` naming the file when: it cannot be read (missing, truncated, not
+def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, channels: int = 1) -> bool:
+    """Whether the label holds foreground (False without a label), after reading the case; raises ``DatasetError``
+    naming the file when: it cannot be read (missing, truncated, not
     NIfTI); the image is not 3D with ``channels`` channels (a 4D NIfTI holds them on its last axis, as MSD does)
     or the label not 3D; it holds NaN or Inf; the label has values outside ``0..num_classes - 1``; image and label
     differ in spatial shape or affine."""
     paths = (image,) if label is None else (image, label)
     key = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if os.path.exists(p))
     key += (num_classes, channels)
-    if _CHECKED.get(key):
-        return
+    if key in _CHECKED:
+        return _CHECKED[key]
     volumes = {}
     for path, what in zip(paths, ("image", "label")):
         voxels, affine = _load_volume(path, what)
@@ -154,7 +155,8 @@ def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, ch
             )
         if not np.allclose(affine, image_affine, atol=1e-3):
             raise DatasetError(f"{label}: label affine differs from image {image}; both must share one voxel grid")
-    _CHECKED[key] = True
+    _CHECKED[key] = label is not None and bool((volumes["label"][0] > 0).any())
+    return _CHECKED[key]
 
 
 def split_datalist(
@@ -168,7 +170,8 @@ def split_datalist(
     """The ``training`` or ``validation`` part of a seeded split of the MSD ``training`` pairs (absolute paths).
 
     ``max_cases`` > 0 keeps only the first cases of the split (quick runs). With ``check``, every case of the part
-    is read once and checked (``check_case``) before anything else runs, so bad data fails at once with its name.
+    is read once and checked (``check_case``) before anything else runs, so bad data fails at once with its name,
+    and a part whose labels hold no foreground at all is refused.
     """
     if split not in ("training", "validation"):
         raise ValueError(f"split must be 'training' or 'validation', got {split!r}")
@@ -197,8 +200,12 @@ def split_datalist(
         )
     data = [pairs[i] for i in sorted(chosen)]
     data = data[:max_cases] if max_cases > 0 else data
-    for item in data if check else []:
-        check_case(item["image"], item["label"], num_classes, channels)
+    foreground = [check_case(item["image"], item["label"], num_classes, channels) for item in (data if check else [])]
+    if check and not any(foreground):
+        raise DatasetError(
+            f"{source}: no label of the {split} split ({len(data)} cases) holds foreground; there is nothing to "
+            "learn or score"
+        )
     return data
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "SettingsError",
     "WeightsError",
     "PlanError",
+    "OutputBusyError",
     "one_line",
     "input_error_types",
     "input_error",
@@ -39,6 +40,10 @@ class PlanError(ValueError):
     """A plan file cannot be read, is not a valid plan, or was made from other data; the message names the file."""
 
 
+class OutputBusyError(RuntimeError):
+    """Another run holds the output directory (``scripts.locks``); the message names the directory and the holder."""
+
+
 def one_line(error: BaseException) -> str:
     """``"<type>: <first line of the message>"``, for an error quoted inside another one-line message."""
     lines = str(error).strip().splitlines()
@@ -55,6 +60,7 @@ def input_error_types() -> Tuple[Type[BaseException], ...]:
         SettingsError,
         WeightsError,
         PlanError,
+        OutputBusyError,
         ArchitectureError,
         SearchSettingsError,
         SearchStateError,

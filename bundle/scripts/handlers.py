@@ -45,9 +45,10 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     What MONAI lacks: a missing, unreadable or mismatching file fails inside ``torch.load`` / ``load_state_dict``
     with a long traceback; here it is one ``WeightsError`` that names the file and lists the missing, unexpected and
-    differently shaped keys (read again only after a failure). Also: ``engine_key`` loads the engine it is attached
-    to under that key (a config cannot name the trainer inside the trainer's own handlers), and ``None`` entries of
-    ``load_dict`` (handlers disabled on this rank) are left out.
+    differently shaped keys (read again only after a failure), and weights holding NaN or Inf are refused (MONAI
+    loads them and the network then predicts background everywhere). Also: ``engine_key`` loads the engine it is
+    attached to under that key (a config cannot name the trainer inside the trainer's own handlers), and ``None``
+    entries of ``load_dict`` (handlers disabled on this rank) are left out.
 
     Args:
         engine_key: when given, the key of the attached engine's state in the checkpoint.
@@ -68,6 +69,16 @@ class CheckedCheckpointLoader(CheckpointLoader):
             super().__call__(engine)
         except Exception as e:
             raise WeightsError(self.diagnose(e)) from None
+        for name, obj in self.load_dict.items():
+            if isinstance(obj, torch.nn.Module):
+                bad = [
+                    k for k, v in _unwrap(obj).state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+                ]
+                if bad:
+                    raise WeightsError(
+                        f"{self.load_path}: {len(bad)} tensors of '{name}' hold NaN or Inf ({_listed(bad)}); "
+                        "these weights cannot segment"
+                    )
         if self.engine_key is not None:
             self.logger.info(
                 f"resuming training from {self.load_path} at epoch {engine.state.epoch}/{engine.state.max_epochs}"

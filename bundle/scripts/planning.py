@@ -2,8 +2,9 @@
 
 ``task_plan`` makes the plan from the training split of an MSD dataset on first use (``save_plan`` writes it, as the
 first step of a stage's ``run``) and checks, on every later use, that the saved one was made from the same data and
-planning settings; ``load_plan`` reads the plan that weights were trained with. A plan holds (format ``c2fnas-plan/1``,
-schema ``plan.schema.json`` beside this file):
+planning settings. The bundle's embedded default data takes the shipped recipe instead (``models/plan.json``, adapted
+to the profile): the shipped weights were trained on it. ``load_plan`` reads the plan that weights were trained
+with. A plan holds (format ``c2fnas-plan/1``, schema ``plan.schema.json`` beside this file):
 
 - ``class_names`` / ``labels``: from dataset.json ``labels``, each foreground class found in some training label;
 - ``in_channels`` / ``modalities``: from dataset.json ``modality`` (4D images hold the channels on their last axis);
@@ -246,37 +247,69 @@ def save_plan(plan: Dict[str, Any], plan_file: PathLike) -> Path:
     return atomic_write_json(path, plan)
 
 
+def _recipe_plan(
+    recipe_file: Path, min_spacing: Optional[Sequence[float]], max_roi_size: Sequence[int], made_from: Dict[str, Any]
+) -> Dict[str, Any]:
+    """A shipped recipe, adapted to the planning settings as a data plan is (spacing coarsened to ``min_spacing``,
+    patch at most ``max_roi_size``)."""
+    plan = {k: v for k, v in load_plan(recipe_file).items() if k != "made_from"}
+    if min_spacing is not None:
+        plan["pixdim"] = [max(float(a), float(b)) for a, b in zip(plan["pixdim"], min_spacing)]
+    plan["roi_size"] = [min(int(a), int(b)) for a, b in zip(plan["roi_size"], max_roi_size)]
+    plan["made_from"] = made_from
+    return plan
+
+
 def task_plan(
     plan_file: PathLike,
     dataset_dir: PathLike,
-    datalist: Sequence[Dict[str, str]],
+    synthetic_dir: Optional[PathLike] = None,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    max_cases: int = 0,
+    recipe_file: Optional[PathLike] = None,
     min_spacing: Optional[Sequence[float]] = None,
     max_roi_size: Sequence[int] = (96, 96, 96),
     num_workers: int = 0,
 ) -> Dict[str, Any]:
-    """The plan in ``plan_file``, or, when the file does not exist yet, a new one made from ``datalist`` (the training
-    split of ``dataset_dir``; ``save_plan`` writes it). An existing plan made from other data or settings is refused
-    (``PlanError``); a plan without ``made_from`` (a shipped recipe, such as the pancreas one) is used as it is."""
-    dataset_dir, path = Path(dataset_dir), Path(plan_file)
+    """The plan in ``plan_file``, or, when the file does not exist yet, a new one (``save_plan`` writes it): made from
+    the training split of ``dataset_dir`` (``split_datalist`` with ``val_fraction``, ``split_seed``, ``max_cases``),
+    or, with ``recipe_file``, that shipped recipe adapted to the planning settings (the data is then not read). An
+    existing plan made from other data, recipe or settings is refused (``PlanError``); a plan without ``made_from``
+    (a shipped recipe given as ``plan_file``) is used as it is."""
+    from scripts.data import ensure_dataset, split_datalist
+
+    path = Path(plan_file)
     settings = {
         "min_spacing": None if min_spacing is None else [float(s) for s in min_spacing],
         "max_roi_size": [int(s) for s in max_roi_size],
     }
-    made_from = _fingerprint(dataset_dir, datalist, settings)
+    if recipe_file is not None:
+        recipe = Path(recipe_file)
+        made_from = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()}
+        made_from["settings"] = settings
+    else:
+        dataset_dir = ensure_dataset(dataset_dir, synthetic_dir)
+        datalist = split_datalist(dataset_dir, "training", val_fraction, split_seed, max_cases)
+        made_from = _fingerprint(dataset_dir, datalist, settings)
     if path.exists():
         plan = load_plan(path)
         saved = plan.get("made_from")
         if saved is not None and saved != made_from:
-            differs = [k for k in made_from if saved.get(k) != made_from[k]]
+            differs = [k for k in sorted(set(made_from) | set(saved)) if saved.get(k) != made_from.get(k)]
             raise PlanError(
                 f"{path}: made from other data or settings ({', '.join(differs)} differ); delete it to plan again "
                 "from this data, or give another --plan_file"
             )
         return plan
-    source = dataset_dir / "dataset.json"
-    meta = json.loads(source.read_text())
-    dataset_classes(meta, source), dataset_modalities(meta, source)  # fail before the analysis
-    plan = plan_from_stats(analyse(dataset_dir, datalist, num_workers), meta, source, min_spacing, max_roi_size)
-    plan["made_from"] = made_from
+    if recipe_file is not None:
+        plan = _recipe_plan(recipe, min_spacing, max_roi_size, made_from)
+    else:
+        source = Path(dataset_dir) / "dataset.json"
+        meta = json.loads(source.read_text())
+        dataset_classes(meta, source), dataset_modalities(meta, source)  # fail before the analysis
+        stats = analyse(dataset_dir, datalist, num_workers)
+        plan = plan_from_stats(stats, meta, source, min_spacing, max_roi_size)
+        plan["made_from"] = made_from
     describe(plan, f"{path} (new)")
     return plan

@@ -1,0 +1,89 @@
+"""Nothing silently wrong: one run per output directory, weights that cannot segment, splits with nothing to learn."""
+
+import json
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import torch
+from helpers import BUNDLE, bundle_run
+
+
+def _last_line(stderr):
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def test_second_run_into_a_busy_output_dir_fails_at_once(dataset, tmp_path):
+    """A training holds ``output_dir``; a second one into it stops at once naming the holder; once the first has
+    ended, the directory is free again."""
+    out = tmp_path / "out"
+    settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 6, "val_interval": 6}
+    first = bundle_run(["train.json"], tmp_path, settings, wait=False)
+    lock = out / ".c2fnas.lock"
+    for _ in range(600):
+        if lock.exists() or first.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert lock.exists(), "the first training holds the lock"
+    holder = json.loads(lock.read_text())
+    start = time.perf_counter()
+    code, _, stderr = bundle_run(["train.json"], tmp_path, settings, check=False)
+    assert code != 0 and time.perf_counter() - start < 60
+    last = _last_line(stderr)
+    assert last.startswith(f"OutputBusyError: {out}: in use by pid {holder['pid']}"), last
+    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
+    assert not lock.exists(), "released when the holder ends"
+    bundle_run(["train.json", "evaluate.json"], tmp_path, {**settings, "ckpt_file": str(out / "models" / "model.pt")})
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(dataset, tmp_path):
+    """A lock whose process is gone (SIGKILL leaves it behind) does not block the next run on this machine."""
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".c2fnas.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "then"}))
+    bundle_run(["plan.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(out)})
+    assert (out / "plan.json").is_file() and not (out / ".c2fnas.lock").exists()
+
+
+def test_weights_with_nan_stop_inference_and_evaluation(dataset, tmp_path):
+    """NaN weights: one line naming the file, no segmentation and no report (before: exit 0, all-background masks,
+    Dice 0)."""
+    from networks import C2FNASNet
+
+    net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4)
+    state = net.state_dict()
+    state["stem.0.weight"][0, 0, 0, 0, 0] = float("nan")
+    weights = tmp_path / "nan" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(state, weights)
+    bundle_run(["plan.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(weights.parent)})
+    for configs in (["inference.json"], ["train.json", "evaluate.json"]):
+        out = tmp_path / configs[-1].split(".")[0]
+        overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "ckpt_file": str(weights)}
+        code, _, stderr = bundle_run(configs, tmp_path, overrides, check=False)
+        last = _last_line(stderr)
+        assert code != 0 and last.startswith(f"WeightsError: {weights}: 1 tensors of 'model' hold NaN or Inf"), last
+        assert "stem.0.weight" in last
+        assert not list(out.glob("inference/*.nii.gz")) and not (out / "eval" / "dice_per_class.json").exists()
+
+
+def test_a_split_whose_labels_hold_no_foreground_is_refused(dataset, tmp_path):
+    """Evaluation (or training) on labels that are all background stops before it starts, naming the split."""
+    empty = tmp_path / "empty"
+    shutil.copytree(dataset, empty)
+    for label in (empty / "labelsTr").glob("*.nii.gz"):
+        volume = nib.load(str(label))
+        nib.save(nib.Nifti1Image(np.zeros(volume.shape, np.uint8), volume.affine), str(label))
+    shipped_plan = str(BUNDLE / "models" / "plan.json")
+    overrides = {"dataset_dir": str(empty), "output_dir": str(tmp_path / "out"), "weights_plan_file": shipped_plan}
+    code, _, stderr = bundle_run(["train.json", "evaluate.json"], tmp_path, overrides, check=False)
+    last = _last_line(stderr)
+    assert code != 0 and last.startswith(f"DatasetError: {empty}/dataset.json: no label of the"), last
+    assert "holds foreground" in last and not (tmp_path / "out" / "eval").exists()
