@@ -109,6 +109,13 @@ def test_python_api_lists_infers_and_trains(app_dir, studies, name, monkeypatch)
     assert set(trained["network"]) == set(pretrained)
     assert any(not torch.equal(trained["network"][k], pretrained[k]) for k in pretrained), "one epoch changed it"
     assert (bundle / "models" / "model.pt").read_bytes() == shipped, "the shipped weights are not overwritten"
+    # fine-tuning the shipped weights keeps their recipe (the shipped plan), and reads no data of the bundle's own
+    plan = json.loads((bundle / "outputs" / "plan.json").read_text())
+    shipped_plan = json.loads((bundle / "models" / "plan.json").read_text())
+    assert {k: plan[k] for k in ("pixdim", "roi_size", "intensity", "class_names")} == {
+        k: shipped_plan[k] for k in ("pixdim", "roi_size", "intensity", "class_names")
+    }
+    assert not (bundle / "data").exists(), "the embedded synthetic data was not generated inside the app"
 
 
 def _free_port():
