@@ -87,3 +87,39 @@ def test_a_split_whose_labels_hold_no_foreground_is_refused(dataset, tmp_path):
     last = _last_line(stderr)
     assert code != 0 and last.startswith(f"DatasetError: {empty}/dataset.json: no label of the"), last
     assert "holds foreground" in last and not (tmp_path / "out" / "eval").exists()
+
+
+def test_segmentations_are_written_atomically(tmp_path, monkeypatch):
+    """inference.json's writer: a write that fails half-way (a full disk, a kill) leaves the previous file or none,
+    never a truncated one, and no temporary file; a write that succeeds replaces the file whole."""
+    import nibabel
+    from scripts.transforms import AtomicNibabelWriter
+
+    target = tmp_path / "case_seg.nii.gz"
+
+    def write(values):
+        writer = AtomicNibabelWriter(output_dtype=np.uint8)
+        writer.set_data_array(torch.full((1, 8, 8, 4), values, dtype=torch.uint8), channel_dim=0)
+        writer.set_metadata({"affine": np.eye(4), "original_affine": np.eye(4)}, resample=False)
+        writer.write(target)
+
+    write(1)
+    assert np.all(nib.load(str(target)).get_fdata() == 1)
+    before = target.read_bytes()
+    real_save = nibabel.save
+
+    def half_then_fail(image, filename):
+        real_save(image, filename)
+        with open(filename, "r+b") as f:
+            f.truncate(10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nibabel, "save", half_then_fail)
+    try:
+        write(2)
+    except OSError as e:
+        assert "No space left" in str(e)
+    else:
+        raise AssertionError("the failing write must raise")
+    assert target.read_bytes() == before, "the previous segmentation is left whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["case_seg.nii.gz"], "no temporary file is left"

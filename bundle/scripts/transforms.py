@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
+import uuid
+from pathlib import Path
 from typing import Any, Dict, Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
+from monai.data import NibabelWriter
 from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensityRange, Spacingd
 
-__all__ = ["SafeSpacingd", "PlanIntensityd"]
+__all__ = ["SafeSpacingd", "PlanIntensityd", "AtomicNibabelWriter"]
 
 
 class SafeSpacingd(Spacingd):
@@ -72,3 +78,28 @@ class PlanIntensityd(MapTransform):
             image = image.float()
             d[key] = torch.cat([t(image[c : c + 1]) for c, t in enumerate(self.channels)], 0)
         return d
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` whose file appears complete or not at all.
+
+    MONAI writes the segmentation in place, so a run killed or failing mid-write (SIGKILL, a full disk) leaves a
+    truncated ``*_seg.nii.gz``. This one writes a hidden temporary file beside it (same extension, so nibabel
+    compresses it the same way) and renames it over the target; temporaries left by a killed writer are removed
+    first. Used by ``SaveImaged`` in inference.json (``writer``).
+    """
+
+    def write(self, filename: os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
+        path = Path(filename)
+        extension = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(extension)}"):
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{extension}")
+        try:
+            super().write(str(tmp), verbose=False, **obj_kwargs)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if verbose:
+            logging.getLogger("c2fnas.inference").info(f"wrote {path}")
