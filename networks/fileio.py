@@ -14,11 +14,12 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "remove_stale_temporaries"]
 
 
-def remove_stale_temporaries(path: PathLike) -> None:
-    """Remove the temporary files of ``path`` that a writer killed mid-write left behind (SIGKILL skips all
-    clean-up). Every file here has one writer at a time (rank 0 under DDP), so none of them is in use."""
+def remove_stale_temporaries(path: PathLike, suffix: str = ".tmp") -> None:
+    """Remove the temporary files of ``path`` (``.<name>.<token><suffix>``) that a writer killed mid-write left
+    behind (SIGKILL skips all clean-up). Every file here has one writer at a time (rank 0 under DDP), so none of
+    them is in use."""
     path = Path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"):
         stale.unlink(missing_ok=True)
 
 

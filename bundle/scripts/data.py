@@ -80,37 +80,31 @@ def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
 _CHECKED: Dict[tuple, bool] = {}  # (paths, sizes, modification times, expectations) that passed -> has foreground
 
 
+def _numbered(meta: dict, key: str, source: PathLike, minimum: int, names: str, numbers: str, order: str) -> dict:
+    """dataset.json's ``key`` as ``{int: str}`` with keys 0, 1, ... and at least ``minimum`` entries; the messages
+    say what it ``names`` (with an example), what its keys are (``numbers``) and their ``order``."""
+    entries = meta.get(key)
+    if not isinstance(entries, dict) or len(entries) < minimum:
+        raise DatasetError(f"{source}: needs '{key}' naming {names}")
+    try:
+        numbered = {int(k): str(v) for k, v in entries.items()}
+    except ValueError:
+        raise DatasetError(f"{source}: '{key}' keys must be {numbers} 0, 1, ...; got {sorted(entries)}") from None
+    if sorted(numbered) != list(range(len(numbered))):
+        raise DatasetError(f"{source}: '{key}' must number {order}; got {sorted(numbered)}")
+    return numbered
+
+
 def dataset_classes(meta: dict, source: PathLike) -> Dict[int, str]:
     """``{label value: class name}`` from dataset.json's ``labels``; values must be 0 (background), 1, ..., K."""
-    labels = meta.get("labels")
-    if not isinstance(labels, dict) or len(labels) < 2:
-        raise DatasetError(
-            f'{source}: needs \'labels\' naming the label values, e.g. {{"0": "background", "1": "organ"}}'
-        )
-    try:
-        classes = {int(value): str(name) for value, name in labels.items()}
-    except ValueError:
-        raise DatasetError(f"{source}: 'labels' keys must be label values 0, 1, ...; got {sorted(labels)}") from None
-    if sorted(classes) != list(range(len(classes))):
-        raise DatasetError(
-            f"{source}: 'labels' must number the classes 0 (background), 1, 2, ...; got {sorted(classes)}"
-        )
-    return classes
+    names = 'the label values, e.g. {"0": "background", "1": "organ"}'
+    return _numbered(meta, "labels", source, 2, names, "label values", "the classes 0 (background), 1, 2, ...")
 
 
 def dataset_modalities(meta: dict, source: PathLike) -> List[str]:
     """The image channels' modalities from dataset.json's ``modality``: ``{"0": "CT"}``, ``{"0": "T2", "1": "ADC"}``."""
-    modality = meta.get("modality")
-    if not isinstance(modality, dict) or not modality:
-        raise DatasetError(f'{source}: needs \'modality\' naming each image channel, e.g. {{"0": "CT"}}')
-    try:
-        channels = {int(k): str(v) for k, v in modality.items()}
-    except ValueError:
-        raise DatasetError(
-            f"{source}: 'modality' keys must be channel numbers 0, 1, ...; got {sorted(modality)}"
-        ) from None
-    if sorted(channels) != list(range(len(channels))):
-        raise DatasetError(f"{source}: 'modality' must number the channels 0, 1, ...; got {sorted(channels)}")
+    names = 'each image channel, e.g. {"0": "CT"}'
+    channels = _numbered(meta, "modality", source, 1, names, "channel numbers", "the channels 0, 1, ...")
     return [channels[i] for i in range(len(channels))]
 
 

@@ -306,8 +306,7 @@ def task_plan(
         plan = _recipe_plan(recipe, min_spacing, max_roi_size, made_from)
     else:
         source = Path(dataset_dir) / "dataset.json"
-        meta = json.loads(source.read_text())
-        dataset_classes(meta, source), dataset_modalities(meta, source)  # fail before the analysis
+        meta = json.loads(source.read_text())  # its labels and modality were checked by split_datalist
         stats = analyse(dataset_dir, datalist, num_workers)
         plan = plan_from_stats(stats, meta, source, min_spacing, max_roi_size)
         plan["made_from"] = made_from

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import uuid
@@ -13,6 +12,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensityRange, Spacingd
+
+from networks.fileio import remove_stale_temporaries
 
 __all__ = ["SafeSpacingd", "PlanIntensityd", "AtomicNibabelWriter"]
 
@@ -92,8 +93,7 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename: os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
         path = Path(filename)
         extension = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(extension)}"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(path, suffix=f".tmp{extension}")
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{extension}")
         try:
             super().write(str(tmp), verbose=False, **obj_kwargs)
