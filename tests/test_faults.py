@@ -1,11 +1,13 @@
 """Nothing silently wrong: one run per output directory, weights that cannot segment, splits with nothing to learn."""
 
 import json
+import math
 import shutil
 import time
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from helpers import BUNDLE, bundle_run
 
@@ -123,3 +125,58 @@ def test_segmentations_are_written_atomically(tmp_path, monkeypatch):
         raise AssertionError("the failing write must raise")
     assert target.read_bytes() == before, "the previous segmentation is left whole"
     assert [p.name for p in tmp_path.iterdir()] == ["case_seg.nii.gz"], "no temporary file is left"
+
+
+def _epochs_and_lrs(log):
+    """The learning rates the trainer logged (LrScheduleHandler), in order."""
+    import re
+
+    return [float(x) for x in re.findall(r"Current learning rate: ([0-9.e-]+)", log)]
+
+
+def test_training_resumed_with_other_settings_is_refused_and_a_finished_one_left_alone(dataset, tmp_path):
+    """Rule 1: a training state is resumed only with the settings it was made with; one made with others is refused
+    with one line naming each change (old -> new). A finished training is left alone (exit 0, model.pt untouched);
+    ``--restart True`` trains anew. A model.pt without its state is not replaced silently."""
+    out = tmp_path / "out"
+    settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 2, "val_interval": 1}
+    bundle_run(["train.json"], tmp_path, settings)
+    model = out / "models" / "model.pt"
+    before = (model.read_bytes(), model.stat().st_mtime_ns)
+    log = bundle_run(["train.json"], tmp_path, settings)
+    assert "already finished with these settings" in log and "Epoch[1] Complete" not in log
+    assert (model.read_bytes(), model.stat().st_mtime_ns) == before, "a finished training is left alone"
+    for change, shown in (({"max_epochs": 4}, "max_epochs 2 -> 4"), ({"learning_rate": 0.001}, "0.025 -> 0.001")):
+        code, _, stderr = bundle_run(["train.json"], tmp_path, {**settings, **change}, check=False)
+        last = _last_line(stderr)
+        assert code != 0 and last.startswith(f"SettingsError: {out}/models/training_state.pt: a training finished")
+        assert shown in last and "--restart True" in last, last
+    assert (model.read_bytes(), model.stat().st_mtime_ns) == before
+    log = bundle_run(["train.json"], tmp_path, {**settings, "max_epochs": 3, "restart": True})
+    assert "restart: removed" in log and "Epoch[3] Complete" in log
+    cosine = [0.0125 * (1 + math.cos(math.pi * e / 3)) for e in (1, 2, 3)]
+    assert _epochs_and_lrs(log) == pytest.approx(cosine), "a restart runs the new schedule from its start"
+    (out / "models" / "training_state.pt").unlink()
+    code, _, stderr = bundle_run(["train.json"], tmp_path, settings, check=False)
+    last = _last_line(stderr)
+    assert code != 0 and last.startswith(f"SettingsError: {model}: a model from an earlier training"), last
+
+
+def test_training_killed_and_resumed_with_a_longer_schedule_is_refused(dataset, tmp_path):
+    """The case found by hand: killed after epoch 1 of 3 and run again with 6 epochs, the old cosine schedule was
+    restored under the new length (the rate climbed back). Now the run is refused naming max_epochs; the same
+    command resumes it on its own schedule."""
+    from helpers import run_or_kill
+
+    out = tmp_path / "out"
+    settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 3, "val_interval": 1}
+    state_file = out / "models" / "training_state.pt"
+    process = bundle_run(["train.json"], tmp_path, settings, wait=False)
+    assert not run_or_kill(process, state_file, lambda s: s["trainer"]["iteration"] >= s["trainer"]["epoch_length"])
+    code, _, stderr = bundle_run(["train.json"], tmp_path, {**settings, "max_epochs": 6}, check=False)
+    last = _last_line(stderr)
+    assert code != 0 and "a training stopped at epoch" in last and "max_epochs 3 -> 6" in last, last
+    log = bundle_run(["train.json"], tmp_path, settings)
+    assert "resuming training from" in log
+    lrs = _epochs_and_lrs(log)
+    assert lrs == sorted(lrs, reverse=True), f"the resumed schedule keeps decaying: {lrs}"

@@ -18,7 +18,7 @@ from scripts.errors import WeightsError, one_line
 from networks.fileio import atomic_torch_save, atomic_write_json
 from search.dice import dice_report
 
-__all__ = ["CheckedCheckpointLoader", "AtomicCheckpointSaver", "DiceReport", "training_unfinished"]
+__all__ = ["CheckedCheckpointLoader", "AtomicCheckpointSaver", "DiceReport", "read_checkpoint"]
 
 
 def _unwrap(obj: Any) -> Any:
@@ -31,7 +31,8 @@ def _listed(names: Sequence[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _read(path: str, what: str) -> Any:
+def read_checkpoint(path: str, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing or unreadable file is a ``WeightsError``."""
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: {what} file does not exist")
     try:
@@ -86,7 +87,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def diagnose(self, error: Exception) -> str:
         path = str(self.load_path)
-        state = _read(path, "weights")
+        state = read_checkpoint(path, "weights")
         name, target = next(iter(self.load_dict.items()))
         if not isinstance(state, Mapping):
             return f"{path}: not a state_dict ({one_line(error)})"
@@ -111,20 +112,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
         ]
         reason = "; ".join(problems) or one_line(error)
         return f"{path}: the weights do not fit the network (check --arch_file and --base_channels); {reason}"
-
-
-def training_unfinished(path: str) -> bool:
-    """Whether ``path`` holds the state of a training run that has not reached its last epoch (so the same command
-    resumes it). No file, or a finished run, means training starts anew; an unreadable file is a ``WeightsError``."""
-    if not os.path.exists(path):
-        return False
-    state = _read(path, "the training state")
-    trainer = state.get("trainer") if isinstance(state, Mapping) else None  # ignite's Engine.state_dict()
-    if not isinstance(trainer, Mapping) or not {"iteration", "epoch_length", "max_epochs"} <= set(trainer):
-        raise WeightsError(
-            f"{path}: not a training state of this bundle (no trainer progress); delete it to start over"
-        )
-    return int(trainer["iteration"]) < int(trainer["max_epochs"]) * int(trainer["epoch_length"])
 
 
 class _AtomicDiskSaver(BaseSaveHandler):

@@ -43,6 +43,7 @@ SETTINGS: Dict[str, dict] = {
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
     "max_epochs": _POSITIVE_INT,
     "val_interval": _POSITIVE_INT,
+    "restart": {"type": "boolean"},
 }
 
 
