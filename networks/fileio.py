@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -26,8 +27,9 @@ def remove_stale_temporaries(path: PathLike, suffix: str = ".tmp") -> None:
 def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
-    The parent directory is created if needed. If ``write`` raises, ``path`` is left untouched. Temporary files
-    of ``path`` left by a killed writer are removed first.
+    The parent directory is created if needed. If ``write`` raises, ``path`` is left untouched (an ``OSError``, e.g.
+    no space left, is raised again naming ``path``). Temporary files of ``path`` left by a killed writer are
+    removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +42,10 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
+    except OSError as e:  # a failed write() names no file: name the one that could not be written
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -47,14 +53,30 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     return path
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with NaN and infinite floats as None (strict JSON has no NaN; ``null`` reads as "undefined")."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: PathLike, obj: Any) -> Path:
-    """Write ``obj`` as 4-space indented JSON (model-zoo style), atomically."""
-    text = json.dumps(obj, indent=4) + "\n"
+    """Write ``obj`` as 4-space indented strict JSON (model-zoo style; NaN and Inf as ``null``), atomically."""
+    text = json.dumps(_strict(obj), indent=4, allow_nan=False) + "\n"
     return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` that never leaves a truncated checkpoint behind."""
+    """``torch.save`` that never leaves a truncated checkpoint behind (serialised in memory first, so a full disk is
+    an ``OSError`` naming ``path``, not an error from inside torch's zip writer)."""
+    import io
+
     import torch
 
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda f: f.write(buffer.getbuffer()))

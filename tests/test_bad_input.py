@@ -40,6 +40,34 @@ def _first(dataset, kind="labelsTr"):
     return sorted((dataset / kind).glob("*.nii.gz"))[0]
 
 
+def _entry(dataset, split, index, value):
+    """Replace entry ``index`` of dataset.json's ``split`` list by ``value`` (or ``value(entry)``)."""
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta[split][index] = value(meta[split][index]) if callable(value) else value
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+
+
+def _symlink_loop(path):
+    path.unlink()
+    path.symlink_to(path.name)  # points at itself
+
+
+def _zero_affine(path):
+    """The file with an all-zero affine in its header (nibabel refuses to write one, so the bytes are patched)."""
+    import gzip
+    import struct
+
+    raw = bytearray(nib.Nifti1Image(np.asanyarray(nib.load(str(path)).dataobj), np.eye(4)).to_bytes())
+    raw[252:256] = struct.pack("<hh", 0, 1)  # qform_code 0, sform_code 1
+    raw[280:328] = bytes(48)  # srow_x, srow_y, srow_z
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def _rgb(path):
+    shape = nib.load(str(path)).shape
+    nib.save(nib.Nifti1Image(np.zeros(shape, [("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4)), str(path))
+
+
 # (name, how to break a copy of the clean dataset -> overrides, expected message pattern with {d} = dataset dir)
 DATA_CASES = [
     ("dataset directory missing", lambda d: {"dataset_dir": str(d) + "_nowhere"}, "{d}_nowhere: dataset directory does not exist"),  # noqa: E501
@@ -48,7 +76,21 @@ DATA_CASES = [
     ("dataset.json without training", lambda d: (d / "dataset.json").write_text('{"test": []}'),
      "{d}/dataset.json: needs a non-empty 'training' list"),
     ("image path does not exist", lambda d: _first(d, "imagesTr").unlink(),
-     "{d}/dataset.json: image './imagesTr/synthetic_000.nii.gz' does not exist"),
+     "{d}/dataset.json: training entry 0 image './imagesTr/synthetic_000.nii.gz' does not exist"),
+    ("training entry without image", lambda d: _entry(d, "training", 1, lambda e: {"label": e["label"]}),
+     "{d}/dataset.json: training entry 1 must have 'image' and 'label'"),
+    ("training entry a number", lambda d: _entry(d, "training", 2, 7), "{d}/dataset.json: training entry 2 must have"),
+    ("training entry a list", lambda d: _entry(d, "training", 0, ["a"]), "{d}/dataset.json: training entry 0 must"),
+    ("training entry with a null label", lambda d: _entry(d, "training", 3, lambda e: {**e, "label": None}),
+     "{d}/dataset.json: training entry 3 label must be a path relative to the dataset, got None"),
+    ("image a symbolic link loop", lambda d: _symlink_loop(_first(d, "imagesTr")),
+     "{d}/dataset.json: training entry 0 image './imagesTr/synthetic_000.nii.gz' is a symbolic link loop"),
+    ("RGB image", lambda d: _rgb(_first(d, "imagesTr")),
+     r"{d}/imagesTr/synthetic_000.nii.gz: image voxels are RGB \(\[\('R'"),
+    ("complex image", lambda d: _rewrite(_first(d, "imagesTr"), lambda v, a: (v.astype(np.complex64), a)),
+     r"{d}/imagesTr/synthetic_000.nii.gz: image voxels are complex \(complex64\)"),
+    ("all-zero affine", lambda d: _zero_affine(_first(d, "imagesTr")),
+     r"{d}/imagesTr/synthetic_000.nii.gz: image affine is singular or not finite \(e.g. all zero\)"),
     ("truncated .nii.gz", lambda d: _first(d).write_bytes(_first(d).read_bytes()[:-100]),
      "{d}/labelsTr/synthetic_000.nii.gz: cannot read this label as NIfTI"),
     ("image and label shapes differ", lambda d: _rewrite(_first(d), lambda v, a: (v[:-2], a)),
@@ -84,6 +126,43 @@ def test_bad_test_image_for_inference(dataset, tmp_path):
     code, last, wrote = _run(["inference.json"], tmp_path, dataset_dir=str(broken))
     assert code != 0 and last.startswith(f"DatasetError: {image}: cannot read this image as NIfTI"), last
     assert not wrote
+
+
+TEST_CASES = [  # (name, how to break the test list of a copy, expected message with {d} = dataset dir)
+    ("test entry a number", lambda d: _entry(d, "test", 0, 3), "{d}/dataset.json: test entry 0 must be a path"),
+    ("test entry without image", lambda d: _entry(d, "test", 0, {"img": "x"}),
+     "{d}/dataset.json: test entry 0 must be a path relative to the dataset, got None"),
+    ("test image a symbolic link loop", lambda d: _symlink_loop(_first(d, "imagesTs")),
+     "{d}/dataset.json: test entry 0 './imagesTs/synthetic_006.nii.gz' is a symbolic link loop"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, breaks, message", TEST_CASES, ids=[c[0] for c in TEST_CASES])
+def test_bad_test_entry_for_inference(dataset, tmp_path, name, breaks, message):
+    broken = _copy(dataset, tmp_path)
+    breaks(broken)
+    code, last, wrote = _run(["inference.json"], tmp_path, dataset_dir=str(broken))
+    assert code != 0 and last.startswith(f"DatasetError: {message.format(d=broken)}"), last
+    assert not wrote
+
+
+@pytest.mark.parametrize("kind", ["all-zero affine", "RGB", "symbolic link loop"])
+def test_images_given_with_dataset_data_are_checked_too(dataset, tmp_path, kind):
+    """``--dataset#data`` skips dataset.json, not the checks: the loader checks each file before reading it."""
+    image = tmp_path / "given.nii.gz"
+    shutil.copy(_first(dataset, "imagesTs"), image)
+    {"all-zero affine": _zero_affine, "RGB": _rgb, "symbolic link loop": _symlink_loop}[kind](image)
+    expected = {"all-zero affine": "image affine is singular", "RGB": "image voxels are RGB",
+                "symbolic link loop": "image is a symbolic link loop"}[kind]  # fmt: skip
+    code, last, wrote = _run(
+        ["inference.json"],
+        tmp_path,
+        dataset_dir=str(dataset),
+        base_channels=32,
+        **{"dataset#data": [{"image": str(image)}]},
+    )
+    assert code != 0 and last.startswith(f"DatasetError: {image}: {expected}"), last
+    assert not list((tmp_path / "out").glob("inference/*")), "no segmentation"
 
 
 @pytest.mark.parametrize(

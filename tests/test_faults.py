@@ -1,8 +1,11 @@
 """Nothing silently wrong: one run per output directory, weights that cannot segment, splits with nothing to learn."""
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import subprocess
 import time
 
 import nibabel as nib
@@ -180,3 +183,170 @@ def test_training_killed_and_resumed_with_a_longer_schedule_is_refused(dataset, 
     assert "resuming training from" in log
     lrs = _epochs_and_lrs(log)
     assert lrs == sorted(lrs, reverse=True), f"the resumed schedule keeps decaying: {lrs}"
+
+
+@contextlib.contextmanager
+def _small_filesystem(folder, size="4m", read_only=False):
+    """A tmpfs of ``size`` mounted at ``folder`` (read-only with ``read_only``), unmounted afterwards; skips the
+    test where mounting is not permitted (not root, or a container without the capability)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a small filesystem is not permitted here")
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder, leave):
+    """Fill the filesystem of ``folder`` until about ``leave`` bytes are free."""
+    stat = os.statvfs(folder)
+    with open(folder / "filler", "wb") as f:
+        f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+
+
+def test_output_dir_that_is_a_file_or_read_only_fails_before_any_work(dataset, tmp_path):
+    """Rule 5: one line naming output_dir and the cause, before the first case is segmented."""
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("x")
+    code, _, stderr = bundle_run(
+        ["inference.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(not_a_dir)}, check=False
+    )
+    last = _last_line(stderr)
+    assert (
+        code != 0
+        and last
+        == f"OutputError: {not_a_dir}: output_dir is an existing file, not a directory; give another --output_dir"
+    ), last
+    with _small_filesystem(tmp_path / "ro", read_only=True) as read_only:
+        out = read_only / "out"
+        code, _, stderr = bundle_run(
+            ["inference.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(out)}, check=False
+        )
+        last = _last_line(stderr)
+        assert code != 0 and last.startswith(
+            f"OutputError: {out}: cannot create output_dir (Read-only file system)"
+        ), last
+        assert "Traceback" not in stderr
+
+
+def test_full_disk_during_inference_and_training_names_the_cause(dataset, tmp_path):
+    """Rule 5 on a real full filesystem (a small tmpfs): one line naming the file and 'No space left on device',
+    and no half-written segmentation, model or temporary file."""
+    with _small_filesystem(tmp_path / "disk", size="8m") as disk:
+        _fill(disk, leave=4096)
+        out = disk / "inference"
+        shipped = {"dataset_dir": str(dataset), "output_dir": str(out), "base_channels": 32}  # the shipped weights
+        code, _, stderr = bundle_run(["inference.json"], tmp_path, shipped, check=False)
+        last = _last_line(stderr)
+        segmentation = out / "inference" / "synthetic_006_seg.nii.gz"
+        assert code != 0 and last.startswith(
+            f"OutputError: {segmentation}: cannot write the segmentation (No space left on device)"
+        ), last
+        assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".c2fnas.lock"], "nothing half-written"
+        (disk / "filler").unlink()
+        shutil.rmtree(out)
+        _fill(disk, leave=48 * 1024)
+        out = disk / "train"
+        settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 2, "val_interval": 1}
+        code, _, stderr = bundle_run(["train.json"], tmp_path, settings, check=False)
+        last = _last_line(stderr)
+        assert code != 0 and last.startswith(f"OSError: [Errno 28] No space left on device: '{out}/"), last
+        for path in out.rglob("*"):
+            assert not path.name.endswith(".tmp"), f"temporary left: {path}"
+            if path.suffix == ".pt":
+                torch.load(path, weights_only=True)  # complete, or it would not be there
+
+
+def _kill_at_random_points(configs, tmp_path, overrides, times, outputs_ok, seed=0):
+    """Run a stage ``times`` times, each SIGKILLed at a random moment within the uninterrupted run's wall time,
+    checking ``outputs_ok()`` after each kill; then once to the end."""
+    import random
+    import signal
+
+    start = time.perf_counter()
+    bundle_run(configs, tmp_path, overrides)
+    duration = time.perf_counter() - start
+    reference = outputs_ok()
+    shutil.rmtree(overrides["output_dir"])
+    r = random.Random(seed)
+    for _ in range(times):
+        process = bundle_run(configs, tmp_path, overrides, wait=False)
+        time.sleep(r.uniform(0.3, 1.0) * duration)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        outputs_ok(reference)
+    bundle_run(configs, tmp_path, overrides)
+    assert outputs_ok(reference) == reference, "the re-run completes with the uninterrupted result"
+
+
+def test_evaluation_killed_at_random_points_leaves_a_whole_report_set_or_none(dataset, tmp_path):
+    """Rule 2/6: the report set (metrics.csv, the raw per-case CSV, dice_per_class.json) is replaced as a whole;
+    a kill at any point leaves the complete set or none, never a mix; the re-run gives the uninterrupted set."""
+    weights = tmp_path / "weights"
+    bundle_run(["train.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(weights), "max_epochs": 1})
+    out = tmp_path / "out"
+    overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "ckpt_file": str(weights / "models" / "model.pt")}
+
+    def reports(reference=None):
+        folder = out / "eval"
+        found = {p.name: p.read_text() for p in folder.iterdir()} if folder.exists() else None
+        if reference is not None and found is not None:
+            assert set(found) == set(reference), f"a mixed or partial set: {sorted(found)}"
+            assert json.loads(found["dice_per_class.json"]) == json.loads(reference["dice_per_class.json"])
+        if found is None:
+            assert reference is not None, "the uninterrupted run writes the reports"
+        return found
+
+    _kill_at_random_points(["train.json", "evaluate.json"], tmp_path, overrides, 3, reports)
+
+
+def test_inference_killed_at_random_points_leaves_whole_segmentations(dataset, tmp_path):
+    """Rule 2/6: after a kill at any point every segmentation there is complete (it loads, with the input's
+    shape and affine) and no temporary is left; the re-run gives the uninterrupted result."""
+    out = tmp_path / "out"
+    overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "base_channels": 32}  # the shipped weights
+    image = nib.load(str(_first_test_image(dataset)))
+
+    def segmentations(reference=None):
+        folder = out / "inference"
+        assert not list(folder.glob(".*")) if folder.exists() else True, "no temporary left"
+        found = {}
+        for path in sorted(folder.glob("*.nii.gz")) if folder.exists() else []:
+            seg = nib.load(str(path))
+            assert seg.shape == image.shape and np.allclose(seg.affine, image.affine)
+            found[path.name] = np.asanyarray(seg.dataobj).tobytes()
+        if reference is not None:
+            assert all(found[k] == reference[k] for k in found)
+        return found
+
+    _kill_at_random_points(["inference.json"], tmp_path, overrides, 3, segmentations)
+
+
+def _first_test_image(dataset):
+    return sorted((dataset / "imagesTs").glob("*.nii.gz"))[0]
+
+
+def test_non_finite_network_output_stops_inference(dataset, tmp_path):
+    """Rule 4: finite weights can still give NaN or Inf (an overflow, a diverged training): here weights of 3e38
+    overflow the first convolution; inference stops with one line naming the case and writes nothing for it."""
+    from networks import C2FNASNet
+
+    net = C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4)
+    state = {k: torch.full_like(v, 3e38) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    weights = tmp_path / "huge" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(state, weights)
+    bundle_run(["plan.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(weights.parent)})
+    out = tmp_path / "out"
+    overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "ckpt_file": str(weights)}
+    code, _, stderr = bundle_run(["inference.json"], tmp_path, overrides, check=False)
+    last = _last_line(stderr)
+    image = _first_test_image(dataset).resolve()
+    assert code != 0 and last.startswith(f"NonFiniteError: {image}: the network's output 'pred' holds"), last
+    assert not list(out.glob("inference/*"))

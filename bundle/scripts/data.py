@@ -9,6 +9,7 @@ MSD layout: ``<dataset_dir>/dataset.json`` with ``"training": [{"image": "./imag
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -24,6 +25,7 @@ __all__ = [
     "DatasetError",
     "ensure_dataset",
     "check_case",
+    "check_image_file",
     "dataset_classes",
     "dataset_modalities",
     "split_datalist",
@@ -59,11 +61,54 @@ def _read_dataset_json(dataset_dir: Path) -> dict:
     return meta
 
 
-def _resolve(dataset_dir: Path, relative: str, source: Path, what: str) -> str:
-    path = (dataset_dir / relative).resolve()
+def _resolve(dataset_dir: Path, relative: object, source: Path, what: str) -> str:
+    if not isinstance(relative, str) or not relative:
+        raise DatasetError(f"{source}: {what} must be a path relative to the dataset, got {relative!r}")
+    try:
+        path = (dataset_dir / relative).resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        raise DatasetError(f"{source}: {what} {relative!r} is a symbolic link loop") from None
+    except OSError as e:
+        reason = "is a symbolic link loop" if e.errno == errno.ELOOP else "does not exist"
+        raise DatasetError(f"{source}: {what} {relative!r} {reason} ({dataset_dir / relative})") from None
     if not path.is_file():
-        raise DatasetError(f"{source}: {what} {relative!r} does not exist ({path})")
+        raise DatasetError(f"{source}: {what} {relative!r} is not a file ({path})")
     return str(path)
+
+
+def check_image_file(path: PathLike, what: str = "image", channels: Optional[int] = None) -> None:
+    """Check a NIfTI file from its header alone (cheap, for every way an image arrives: dataset.json,
+    ``--dataset#data``, MONAI Label); raises ``DatasetError`` naming the file when it is missing or a symbolic
+    link loop, not readable as NIfTI, holds RGB or complex voxels, has a singular (e.g. all-zero) affine, or (with
+    ``channels``) another number of channels than the network takes."""
+    import nibabel as nib
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise DatasetError(f"{what} must be a file path, got {path!r}")
+    try:
+        os.stat(path)
+    except OSError as e:
+        reason = "is a symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+        raise DatasetError(f"{path}: {what} {reason}") from None
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: {what} is not a file")
+    try:
+        volume = nib.load(str(path))
+        dtype, affine, shape = volume.get_data_dtype(), volume.affine, volume.shape
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({one_line(e)})") from None
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        kind = "RGB" if dtype.fields is not None else "complex" if dtype.kind == "c" else str(dtype)
+        raise DatasetError(f"{path}: {what} voxels are {kind} ({dtype}); one real number per voxel is expected")
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DatasetError(
+            f"{path}: {what} affine is singular or not finite (e.g. all zero); its voxel spacing "
+            "and orientation are unknown"
+        )
+    if channels is not None:
+        found = shape[3] if len(shape) == 4 else 1 if len(shape) == 3 else None
+        if found != channels:
+            raise DatasetError(f"{path}: {what} has shape {shape}; {channels} channel(s) are expected")
 
 
 def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -121,6 +166,7 @@ def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, ch
         return _CHECKED[key]
     volumes = {}
     for path, what in zip(paths, ("image", "label")):
+        check_image_file(path, what)
         voxels, affine = _load_volume(path, what)
         expected = channels if what == "image" else 1
         if voxels.ndim == 4 and voxels.shape[3] == 1:
@@ -179,8 +225,8 @@ def split_datalist(
             raise DatasetError(f"{source}: training entry {i} must have 'image' and 'label', got {item!r}")
         pairs.append(
             {
-                "image": _resolve(dataset_dir, item["image"], source, "image"),
-                "label": _resolve(dataset_dir, item["label"], source, "label"),
+                "image": _resolve(dataset_dir, item["image"], source, f"training entry {i} image"),
+                "label": _resolve(dataset_dir, item["label"], source, f"training entry {i} label"),
             }
         )
     order = list(range(len(pairs)))
@@ -210,13 +256,25 @@ def test_datalist(dataset_dir: PathLike, check: bool = True, channels: int = 1) 
     meta = _read_dataset_json(dataset_dir)
     source = dataset_dir / "dataset.json"
     tests = meta.get("test")
+    if tests is not None and not isinstance(tests, list):
+        raise DatasetError(f"{source}: 'test' must be a list of image paths, got {type(tests).__name__}")
     if tests:
-        images = [t["image"] if isinstance(t, dict) else t for t in tests]
-        data = [{"image": _resolve(dataset_dir, i, source, "test image")} for i in images]
+        images = [t.get("image") if isinstance(t, dict) else t for t in tests]
+        data = [{"image": _resolve(dataset_dir, img, source, f"test entry {n}")} for n, img in enumerate(images)]
     else:
         data = [{"image": str(p.resolve())} for p in sorted((dataset_dir / "imagesTs").glob("*.nii*"))]
     if not data:
         raise DatasetError(f"{source}: no test images (no 'test' list and nothing in {dataset_dir / 'imagesTs'})")
+    seen: Dict[str, str] = {}
+    for item in data:
+        name, extension = os.path.splitext(Path(item["image"]).name)  # as MONAI's SaveImage names <name>_seg
+        name = os.path.splitext(name)[0] if extension == ".gz" else name
+        if name in seen:
+            raise DatasetError(
+                f"{source}: test images {seen[name]} and {item['image']} share the name {name!r}; their "
+                "segmentations would overwrite each other"
+            )
+        seen[name] = item["image"]
     for item in data if check else []:
         check_case(item["image"], channels=channels)
     return data

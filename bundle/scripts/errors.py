@@ -1,12 +1,15 @@
 """The bundle's bad-input errors and how a stage shows them.
 
 Every error about bad input (a dataset file, a setting, a weights file, a plan, an architecture file, a saved search
-state) is one of ``input_error_types()``. ``install_excepthook()`` makes the interpreter print such an error as its one
+state, an output that cannot be written, a network output that is not finite) is one of ``input_error_types()``; an
+``OSError`` that names its file and says what the user can act on (no space left, read-only, permission denied) is
+shown the same way. ``install_excepthook()`` makes the interpreter print such an error as its one
 message, without the traceback of the config machinery around it; ``C2FNAS_TRACEBACK=1`` shows the full traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Optional, Tuple, Type
@@ -17,6 +20,8 @@ __all__ = [
     "WeightsError",
     "PlanError",
     "OutputBusyError",
+    "OutputError",
+    "NonFiniteError",
     "one_line",
     "input_error_types",
     "input_error",
@@ -44,6 +49,37 @@ class OutputBusyError(RuntimeError):
     """Another run holds the output directory (``scripts.locks``); the message names the directory and the holder."""
 
 
+class OutputError(RuntimeError):
+    """An output cannot be written where it should go (not a directory, read-only, no space left) or would replace
+    another output of the same run; the message names the file or directory and the cause."""
+
+
+class NonFiniteError(RuntimeError):
+    """A network produced NaN or Inf for a case; the message names the case."""
+
+
+# operating-system errors about a file or directory the user gave or the stage writes, shown as their one line
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC",
+        "EDQUOT",
+        "EFBIG",
+        "EROFS",
+        "EACCES",
+        "EPERM",
+        "ENOTDIR",
+        "EISDIR",
+        "ELOOP",
+        "ENOENT",
+        "EEXIST",
+        "ENAMETOOLONG",
+        "EIO",
+    )
+    if hasattr(errno, name)
+)
+
+
 def one_line(error: BaseException) -> str:
     """``"<type>: <first line of the message>"``, for an error quoted inside another one-line message."""
     lines = str(error).strip().splitlines()
@@ -61,17 +97,24 @@ def input_error_types() -> Tuple[Type[BaseException], ...]:
         WeightsError,
         PlanError,
         OutputBusyError,
+        OutputError,
+        NonFiniteError,
         ArchitectureError,
         SearchSettingsError,
         SearchStateError,
     )
 
 
+def _environment_error(error: BaseException) -> bool:
+    """An ``OSError`` naming its file, of a kind the user can act on (no space, read-only, permission, ...)."""
+    return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS and error.filename is not None
+
+
 def input_error(error: Optional[BaseException]) -> Optional[BaseException]:
-    """The first bad-input error in ``error``'s chain of causes, or None."""
+    """The first bad-input or environment error in ``error``'s chain of causes, or None."""
     kinds, seen = input_error_types(), set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, kinds):
+        if isinstance(error, kinds) or _environment_error(error):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

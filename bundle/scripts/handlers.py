@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -18,7 +19,7 @@ from scripts.errors import WeightsError, one_line
 from networks.fileio import atomic_torch_save, atomic_write_json
 from search.dice import dice_report
 
-__all__ = ["CheckedCheckpointLoader", "AtomicCheckpointSaver", "DiceReport", "read_checkpoint"]
+__all__ = ["CheckedCheckpointLoader", "AtomicCheckpointSaver", "DiceReport", "ReportSet", "read_checkpoint"]
 
 
 def _unwrap(obj: Any) -> Any:
@@ -192,3 +193,34 @@ class DiceReport:
         self.logger.info(f"validation Dice on {report['cases']} cases: mean {report['mean_dice']:.4f} ({text})")
         if self.output_file:
             atomic_write_json(self.output_file, report)
+
+
+class ReportSet:
+    """An evaluation's reports (``MetricsSaver``'s CSVs, ``DiceReport``'s JSON) replaced as a whole.
+
+    What MONAI lacks: ``MetricsSaver`` writes each file in place, one after the other, so a run killed part-way
+    leaves a mixed set (the new summary beside the old per-case values) with nothing marking it. Here every report
+    of the run goes into ``staging_dir`` (emptied when the evaluation starts); when it completes, the set replaces
+    ``report_dir`` by two renames. A kill between them leaves no report, never a mixed one; the next run removes
+    what is left. Rank 0 only (``_disabled_`` in the config).
+    """
+
+    def __init__(self, staging_dir: str, report_dir: str):
+        self.staging_dir, self.report_dir = Path(staging_dir), Path(report_dir)
+        self.replaced_dir = self.report_dir.with_name(f".{self.report_dir.name}.replaced")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.clear)
+        engine.add_event_handler(Events.COMPLETED, self.publish)
+
+    def clear(self, engine: Optional[Engine] = None) -> None:
+        for leftover in (self.staging_dir, self.replaced_dir):
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.staging_dir.mkdir(parents=True)
+
+    def publish(self, engine: Optional[Engine] = None) -> None:
+        if self.report_dir.exists():
+            os.replace(self.report_dir, self.replaced_dir)
+        os.replace(self.staging_dir, self.report_dir)
+        shutil.rmtree(self.replaced_dir, ignore_errors=True)
+        logging.getLogger("c2fnas.evaluate").info(f"reports written to {self.report_dir}")

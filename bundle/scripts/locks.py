@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from scripts.errors import OutputBusyError
+from scripts.errors import OutputBusyError, OutputError
 
 __all__ = ["LOCK_NAME", "OutputBusyError", "lock_output_dir"]
 
@@ -64,8 +64,13 @@ def lock_output_dir(output_dir: Union[str, os.PathLike]) -> Optional[Path]:
     path = folder / LOCK_NAME
     if path in _HELD:
         return path
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: output_dir is an existing file, not a directory; give another --output_dir")
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create output_dir ({e.strerror}); give another --output_dir") from None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     me["command"] = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]
     for _ in range(2):
@@ -83,8 +88,18 @@ def lock_output_dir(output_dir: Union[str, os.PathLike]) -> Optional[Path]:
                 f"{folder}: in use by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')} "
                 f"({holder.get('command', '?')}); wait for it, or give another --output_dir"
             )
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+        except OSError as e:  # read-only mount, no permission, no space
+            raise OutputError(
+                f"{folder}: output_dir is not writable ({e.strerror}); give another --output_dir"
+            ) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise OutputError(
+                f"{folder}: output_dir is not writable ({e.strerror}); give another --output_dir"
+            ) from None
         _HELD[path] = True
         atexit.register(_release, path, created)
         return path

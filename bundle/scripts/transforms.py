@@ -10,12 +10,42 @@ from typing import Any, Dict, Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.data import NibabelWriter
-from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensityRange, Spacingd
+from monai.data import MetaTensor, NibabelWriter
+from monai.transforms import LoadImaged, MapTransform, NormalizeIntensity, SaveImaged, ScaleIntensityRange, Spacingd
+from scripts.data import check_image_file
+from scripts.errors import NonFiniteError, OutputError, one_line
 
 from networks.fileio import remove_stale_temporaries
 
-__all__ = ["SafeSpacingd", "PlanIntensityd", "AtomicNibabelWriter"]
+
+def _source(data: Mapping[Hashable, Any], key: str = "image") -> str:
+    """The file a case came from (its image's meta data), for messages."""
+    value = data.get(key)
+    meta = value.meta if isinstance(value, MetaTensor) else data.get(f"{key}_meta_dict", {})
+    return str(meta.get("filename_or_obj", "<array>")) if isinstance(meta, Mapping) else "<array>"
+
+
+class CheckedLoadImaged(LoadImaged):
+    """``LoadImaged`` that first checks each file's header (``scripts.data.check_image_file``), so an image given
+    by any route (dataset.json, ``--dataset#data``, MONAI Label) that is missing, a symbolic link loop, RGB or
+    complex, or has a singular affine fails with one line naming it. MONAI's loader fails on these with a long
+    traceback through its reader fallbacks, or (a zero affine) loads them and produces a meaningless spacing."""
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> Dict[Hashable, Any]:
+        for key in self.key_iterator(dict(data)):
+            if isinstance(data[key], (str, os.PathLike)):
+                check_image_file(data[key], what=str(key))
+        return super().__call__(data, reader)
+
+
+__all__ = [
+    "CheckedLoadImaged",
+    "SafeSpacingd",
+    "PlanIntensityd",
+    "CheckFinited",
+    "AtomicNibabelWriter",
+    "SaveSegmentationd",
+]
 
 
 class SafeSpacingd(Spacingd):
@@ -81,13 +111,30 @@ class PlanIntensityd(MapTransform):
         return d
 
 
+class CheckFinited(MapTransform):
+    """Stop with one ``NonFiniteError`` naming the case when a network output holds NaN or Inf (MONAI's pipeline
+    would turn it into an all-background mask or a Dice of 0 without a word)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = torch.as_tensor(d[key])
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                bad = int((~torch.isfinite(value)).sum())
+                raise NonFiniteError(
+                    f"{_source(d)}: the network's output '{key}' holds {bad} NaN or Inf values (unstable weights, "
+                    "an overflow under AMP, or a diverged training); no result is written for it"
+                )
+        return d
+
+
 class AtomicNibabelWriter(NibabelWriter):
     """MONAI's ``NibabelWriter`` whose file appears complete or not at all.
 
     MONAI writes the segmentation in place, so a run killed or failing mid-write (SIGKILL, a full disk) leaves a
     truncated ``*_seg.nii.gz``. This one writes a hidden temporary file beside it (same extension, so nibabel
     compresses it the same way) and renames it over the target; temporaries left by a killed writer are removed
-    first. Used by ``SaveImaged`` in inference.json (``writer``).
+    first. Used by ``SaveSegmentationd`` (inference.json).
     """
 
     def write(self, filename: os.PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
@@ -103,3 +150,41 @@ class AtomicNibabelWriter(NibabelWriter):
             raise
         if verbose:
             logging.getLogger("c2fnas.inference").info(f"wrote {path}")
+
+
+class SaveSegmentationd(SaveImaged):
+    """``SaveImaged`` writing with ``AtomicNibabelWriter``, one name per output, errors that name their cause.
+
+    What MONAI lacks: ``SaveImage`` catches every writer failure and raises "cannot find a suitable writer", with
+    the cause (no space left, a read-only folder) buried in the text, and it silently overwrites a segmentation it
+    wrote earlier in the same run when two inputs share a file name. Here the writer's ``OSError`` becomes one
+    ``OutputError`` naming the file and the cause, and a second input with the same output name is refused.
+    Arguments as ``SaveImaged`` (its ``writer`` is this bundle's).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **{**kwargs, "writer": AtomicNibabelWriter})
+        self.written: Dict[str, str] = {}  # output file -> the input it was made from, in this run
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        saver = self.saver
+        for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
+            image = d[key]
+            meta = image.meta if isinstance(image, MetaTensor) else d.get(meta_key or f"{key}_{meta_key_postfix}")
+            target = saver.folder_layout.filename(**saver.fname_formatter(meta, saver))
+            source = str((meta or {}).get("filename_or_obj", "<array>"))
+            if self.written.get(target, source) != source:
+                raise OutputError(
+                    f"{target}: already written in this run from {self.written[target]}; {source} has the same "
+                    "name, so its segmentation would replace it (rename one of them)"
+                )
+            writer = AtomicNibabelWriter(**saver.init_kwargs)
+            writer.set_data_array(data_array=image, **saver.data_kwargs)
+            writer.set_metadata(meta_dict=meta, **saver.meta_kwargs)
+            try:
+                writer.write(target, **saver.write_kwargs)
+            except OSError as e:
+                raise OutputError(f"{target}: cannot write the segmentation ({e.strerror or one_line(e)})") from None
+            self.written[target] = source
+        return d
