@@ -90,9 +90,11 @@ class SearchState:
         try:
             saved = torch.load(self.path, map_location=device, weights_only=True)
         except Exception as e:  # truncated or foreign file: say which and what to do
+            reason = (
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'truncated or damaged'}"
+            )
             raise SearchStateError(
-                f"{self.path}: cannot read the saved search state ({type(e).__name__}: {str(e).strip() or 'truncated or damaged'}); "
-                "delete it to start over"
+                f"{self.path}: cannot read the saved search state ({reason}); delete it to start over"
             ) from e
         if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
             raise SearchStateError(f"{self.path}: not a {STATE_FORMAT} file; delete it to start over")

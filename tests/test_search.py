@@ -228,6 +228,17 @@ def test_resume_refuses_other_settings(tmp_path):
         small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1)), seed=1).run()
 
 
+@pytest.mark.parametrize("keep", [0, 100, 5000])
+def test_truncated_search_state_names_the_reason(tmp_path, keep):
+    """A state cut short (a copy interrupted, a full disk outside the bundle) is refused with a reason that is
+    never empty (before: "cannot read the saved search state ()")."""
+    small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
+    state = tmp_path / "search_fine_state.pt"
+    state.write_bytes(state.read_bytes()[:keep])
+    with pytest.raises(SearchStateError, match=r"search_fine_state.pt: cannot read the saved search state \(\w+: \S"):
+        small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
+
+
 def test_finished_search_whose_result_was_deleted_is_refused(tmp_path):
     small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
     (tmp_path / "arch_fine.json").unlink()
