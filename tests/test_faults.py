@@ -343,10 +343,20 @@ def test_non_finite_network_output_stops_inference(dataset, tmp_path):
     weights.parent.mkdir()
     torch.save(state, weights)
     bundle_run(["plan.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(weights.parent)})
-    out = tmp_path / "out"
-    overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "ckpt_file": str(weights)}
-    code, _, stderr = bundle_run(["inference.json"], tmp_path, overrides, check=False)
-    last = _last_line(stderr)
-    image = _first_test_image(dataset).resolve()
-    assert code != 0 and last.startswith(f"NonFiniteError: {image}: the network's output 'pred' holds"), last
-    assert not list(out.glob("inference/*"))
+    images = {"inference.json": [_first_test_image(dataset).resolve()], "evaluate.json": _validation_images(dataset)}
+    for configs in (["inference.json"], ["train.json", "evaluate.json"]):
+        out = tmp_path / configs[-1].split(".")[0]
+        overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "ckpt_file": str(weights)}
+        code, _, stderr = bundle_run(configs, tmp_path, overrides, check=False)
+        last = _last_line(stderr)
+        assert code != 0 and last.startswith("NonFiniteError: "), last
+        assert any(
+            last.startswith(f"NonFiniteError: {i}: the network's output 'pred' holds") for i in images[configs[-1]]
+        )
+        assert not list(out.glob("inference/*")) and not (out / "eval").exists()
+
+
+def _validation_images(dataset):
+    from scripts.data import split_datalist
+
+    return [item["image"] for item in split_datalist(dataset, "validation", check=False)]

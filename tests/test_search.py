@@ -239,11 +239,16 @@ def test_truncated_search_state_names_the_reason(tmp_path, keep):
         small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
 
 
-def test_finished_search_whose_result_was_deleted_is_refused(tmp_path):
-    small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
-    (tmp_path / "arch_fine.json").unlink()
-    with pytest.raises(SearchStateError, match="the fine search finished but its result .*arch_fine.json is missing"):
-        small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1))).run()
+@pytest.mark.parametrize("stage", ["coarse", "fine"])
+def test_finished_search_whose_result_was_deleted_is_refused(tmp_path, stage):
+    """Before, the coarse stage logged "resuming" and crashed with a TypeError."""
+    topology = Architecture((1, 2, 2, 1)) if stage == "fine" else None
+    small_stage(stage, tmp_path, topology=topology).run()
+    (tmp_path / f"arch_{stage}.json").unlink()
+    with pytest.raises(
+        SearchStateError, match=f"the {stage} search finished but its result .*arch_{stage}.json is missing"
+    ):
+        small_stage(stage, tmp_path, topology=topology).run()
 
 
 def _run(stage, out, kill_when=None, topology=None):

@@ -29,6 +29,7 @@ def quick_report(tmp_path_factory):
     return work_dir, json.loads((work_dir / "search_quality.json").read_text()), done.stdout, args
 
 
+@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
 def test_quick_benchmark_reports_every_figure(quick_report):
     work_dir, report, stdout, _ = quick_report
     assert report["format"] == "c2fnas-search-quality/1" and report["machine"]["cores"] >= 1
@@ -73,6 +74,7 @@ def test_quick_benchmark_reports_every_figure(quick_report):
     assert "| fine_kendall_tau_ge_0.5 |" in stdout and "| random search at equal compute |" in stdout
 
 
+@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
 def test_quick_benchmark_run_again_reuses_every_part(quick_report):
     """Finished parts are kept with their inputs: the same command again trains and searches nothing."""
     work_dir, report, _, args = quick_report
@@ -84,6 +86,7 @@ def test_quick_benchmark_run_again_reuses_every_part(quick_report):
     assert again["figures"] == report["figures"]
 
 
+@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
 def test_fitness_variants_rescore_the_search_fitness(quick_report):
     """benchmarks/fitness_variants.py scores the architectures again with the kept supernets: its ``dice`` variant is
     the search's own fitness, so it gives back the benchmark's fitness and Kendall tau; every variant is finite."""
@@ -101,6 +104,7 @@ def test_fitness_variants_rescore_the_search_fitness(quick_report):
     assert "| soft_dice |" in done.stdout
 
 
+@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
 def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report):
     """--max_epochs N: the searches and the supernet scoring are reused, every network is trained again for N epochs
     (parts and report tagged _eN), and the profile-budget report is left alone."""
