@@ -28,6 +28,7 @@ __all__ = [
     "check_image_file",
     "dataset_classes",
     "dataset_modalities",
+    "SplitList",
     "split_datalist",
     "test_datalist",
     "generate_synthetic_dataset",
@@ -197,6 +198,11 @@ def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, ch
             raise DatasetError(f"{label}: label affine differs from image {image}; both must share one voxel grid")
     _CHECKED[key] = label is not None and bool((volumes["label"][0] > 0).any())
     return _CHECKED[key]
+
+
+class SplitList(list):
+    """A part of the split made by ``split_datalist``: a plain list of cases that also tells a stage its data are
+    the bundle's own split, not cases given from outside (MONAI Label's train task, ``--train#dataset#data``)."""
 
 
 def split_datalist(

@@ -24,9 +24,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch.distributed as dist
+from scripts.data import SplitList
 from scripts.errors import SettingsError, WeightsError
 from scripts.handlers import read_checkpoint
 
@@ -43,12 +44,21 @@ class TrainingRun:
     state_file: the training state (``training_state.pt``); model_file: the best model (``model.pt``).
     settings: every setting that changes what the training computes (JSON-able values).
     restart: start anew even when a state or model is there (removing them first).
+    train_data: the cases the trainer reads; cases given from outside (not a ``scripts.data.SplitList``: MONAI
+        Label's train task, ``--train#dataset#data``) always train anew, as a MONAI Label train request expects.
     """
 
-    def __init__(self, state_file: str, model_file: str, settings: Mapping[str, Any], restart: bool = False):
+    def __init__(
+        self,
+        state_file: str,
+        model_file: str,
+        settings: Mapping[str, Any],
+        restart: bool = False,
+        train_data: Optional[Sequence[Any]] = None,
+    ):
         self.state_file, self.model_file = Path(state_file), Path(model_file)
         self.settings = json.loads(json.dumps(dict(settings), default=str))  # as saved: plain JSON values
-        self.restart = bool(restart)
+        self.restart = bool(restart) or (train_data is not None and not isinstance(train_data, SplitList))
         self.logger = logging.getLogger("c2fnas.train")
         self.status = self._decide()
 
