@@ -35,7 +35,9 @@ def task_datasets(dataset, tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("task", ["pancreas", "prostate_mr", "kidney_ct"])
+@pytest.mark.parametrize(
+    "task", ["pancreas", "prostate_mr", pytest.param("kidney_ct", marks=pytest.mark.slow)]  # 1 min each on 2 cores
+)
 def test_whole_chain_on_any_task(task_datasets, tmp_path, task):
     """plan -> search_coarse -> search_fine -> train -> evaluate -> inference, each a `monai.bundle run` from another
     cwd with the tiny profile, changing only --dataset_dir (and where outputs go)."""

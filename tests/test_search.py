@@ -290,6 +290,7 @@ def test_rng_is_a_function_of_its_keys():
     assert len(enumerate_topologies(6, min_depth=2, max_depth=3)) == 30
 
 
+@pytest.mark.slow  # about 2.5 min on 2 cores; make test-slow
 def test_fine_search_picks_the_op_the_task_needs(tmp_path):
     """Rods that only context along the third axis separates: the fine stage should choose 3D over 2D."""
     from helpers import array_transforms, rods_data

@@ -252,7 +252,7 @@ def split_datalist(
             f"{source}: no label of the {split} split ({len(data)} cases) holds foreground; there is nothing to "
             "learn or score"
         )
-    return data
+    return SplitList(data)
 
 
 def test_datalist(dataset_dir: PathLike, check: bool = True, channels: int = 1) -> List[Dict[str, str]]:
