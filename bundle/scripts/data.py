@@ -77,11 +77,11 @@ def _resolve(dataset_dir: Path, relative: object, source: Path, what: str) -> st
     return str(path)
 
 
-def check_image_file(path: PathLike, what: str = "image", channels: Optional[int] = None) -> None:
+def check_image_file(path: PathLike, what: str = "image") -> None:
     """Check a NIfTI file from its header alone (cheap, for every way an image arrives: dataset.json,
     ``--dataset#data``, MONAI Label); raises ``DatasetError`` naming the file when it is missing or a symbolic
-    link loop, not readable as NIfTI, holds RGB or complex voxels, has a singular (e.g. all-zero) affine, or (with
-    ``channels``) another number of channels than the network takes."""
+    link loop, not readable as NIfTI, holds RGB or complex voxels, or has a singular (e.g. all-zero) affine.
+    ``check_case`` reads the voxels after it (channels, NaN, labels)."""
     import nibabel as nib
 
     if not isinstance(path, (str, os.PathLike)):
@@ -95,7 +95,7 @@ def check_image_file(path: PathLike, what: str = "image", channels: Optional[int
         raise DatasetError(f"{path}: {what} is not a file")
     try:
         volume = nib.load(str(path))
-        dtype, affine, shape = volume.get_data_dtype(), volume.affine, volume.shape
+        dtype, affine = volume.get_data_dtype(), volume.affine
     except Exception as e:
         raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({one_line(e)})") from None
     if dtype.fields is not None or dtype.kind not in "biuf":
@@ -106,10 +106,6 @@ def check_image_file(path: PathLike, what: str = "image", channels: Optional[int
             f"{path}: {what} affine is singular or not finite (e.g. all zero); its voxel spacing "
             "and orientation are unknown"
         )
-    if channels is not None:
-        found = shape[3] if len(shape) == 4 else 1 if len(shape) == 3 else None
-        if found != channels:
-            raise DatasetError(f"{path}: {what} has shape {shape}; {channels} channel(s) are expected")
 
 
 def _load_volume(path: str, what: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -177,8 +173,6 @@ def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, ch
             want = "one 3D channel" if expected == 1 else f"{expected} channels (4D, channels last)"
             source = " (dataset.json 'modality')" if what == "image" else ""
             raise DatasetError(f"{path}: {what} has shape {voxels.shape}; {want} is expected{source}")
-        if voxels.dtype.kind not in "biuf":
-            raise DatasetError(f"{path}: {what} voxels are of type {voxels.dtype}; real numbers are expected")
         if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
             raise DatasetError(f"{path}: {what} holds {int((~np.isfinite(voxels)).sum())} NaN or Inf voxels")
         volumes[what] = voxels, affine
