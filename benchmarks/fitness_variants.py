@@ -12,10 +12,12 @@ validation cases, in several ways:
 
 For each variant it prints Kendall tau and Spearman rho against the stand-alone Dice: coarse (each seed's coarse
 supernets, the random architectures with their own ops) and fine (seed 0's fine supernet, the op assignments). No
-supernet is trained again, so this measures only the fitness, not the supernet training. Writes
-``fitness_variants.json`` into the work dir.
+supernet is trained again, so this measures only the fitness, not the supernet training. ``--overrides`` (JSON)
+changes the searchers' settings for the scoring, for example the evaluation budget
+(``{"search_overlap": 0.0, "search_val_cases": 3}``), so two runs compare fitness budgets on the same supernets.
+Writes ``fitness_variants[_<tag>].json`` into the work dir.
 
-    .venv/bin/python benchmarks/fitness_variants.py [--work_dir runs/search_quality]
+    .venv/bin/python benchmarks/fitness_variants.py [--work_dir runs/search_quality] [--overrides JSON --tag NAME]
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def variant_scores(searcher: Any, network: Any, class_names: Sequence[str]) -> D
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "search_quality", help="a finished run")
+    parser.add_argument("--overrides", type=json.loads, default={}, help="settings of the scoring searchers (JSON)")
+    parser.add_argument("--tag", default="", help="written as fitness_variants_<tag>.json")
     args = parser.parse_args(argv)
     report_file = args.work_dir / "search_quality.json"
     if not report_file.exists():
@@ -92,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
     for seed in sorted(report["search"], key=int):
-        overrides = bench.overrides(args.work_dir / "runs" / f"search_seed{seed}", seed=int(seed))
+        overrides = bench.overrides(args.work_dir / "runs" / f"search_seed{seed}", seed=int(seed), **args.overrides)
         coarse = sq.parsed(bench.config_files([sq.CONFIGS / "search_coarse.json"]), overrides)
         searcher = coarse.get_parsed_content("searcher")
         scores[f"coarse {seed}"] = {}
@@ -120,9 +124,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "coarse_tau_mean": statistics.fmean(taus) if all(t is not None for t in taus) else None,
             "fine_tau": correlation.get("fine 0", {}).get(v, {}).get("kendall_tau"),
         }
-    result = {"work_dir": str(args.work_dir), "task": task, "scores": scores, "correlation": correlation}
+    result = {"work_dir": str(args.work_dir), "task": task, "overrides": args.overrides, "scores": scores}
+    result["correlation"] = correlation
     result["summary"] = summary
-    sq.atomic_json(args.work_dir / "fitness_variants.json", result)
+    sq.atomic_json(args.work_dir / f"fitness_variants{'_' + args.tag if args.tag else ''}.json", result)
 
     header = " | ".join(f"coarse τ seed {s.split()[1]}" for s in coarse_stages)
     print(f"\n| fitness variant | {header} | coarse τ mean | fine τ |\n|---|{'---|' * (len(coarse_stages) + 2)}")

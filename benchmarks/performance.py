@@ -5,8 +5,9 @@ Each measurement runs in its own child process, so that its peak memory and its 
 Sections (``--sections``, default all):
 
 - ``inference``: the best conv3d throughput of this machine (large 3x3x3 convolutions, both memory formats) and
-  sliding-window inference of C2FNAS-Panc (F=32, 96^3 windows, overlap 0.625, ``sw_batch_size`` 4, as
-  ``inference.json``) on a ``--volume``^3 input, plain PyTorch vs the bundle's runtime. Efficiency = achieved conv
+  sliding-window inference of C2FNAS-Panc (F=32, 96^3 windows, overlap 0.625, ``sw_batch_size`` 1 as
+  ``inference.json`` on CPU) on a ``--volume``^3 input: plain PyTorch, each runtime of
+  ``scripts.inference_runtime``, and the bundle's inferer choosing by measurement. Efficiency = achieved conv
   GFLOP/s (MACs x 2 / time) / best conv3d GFLOP/s.
 - ``monai``: one 96^3 window (batch 1, inference) of C2FNAS-Panc vs MONAI ``DiNTS`` (an architecture decoded by
   ``TopologySearch.decode`` from freshly initialised alphas, seed 0), ``SegResNet`` and ``UNet`` of similar size.
@@ -14,6 +15,10 @@ Sections (``--sections``, default all):
   MONAI's ``TopologySearch`` (12 blocks, 4 depths, channel_mul 0.5).
 - ``cost``: compute of coarse + fine search at the configs' default budget / compute of the default training run,
   from the iteration counts in the configs and the step and window times measured in ``search`` and ``monai``.
+- ``dice``: Dice per unit of compute on the embedded data at the CPU profile: the network the search finds (seed 0)
+  against MONAI's ``UNet`` and ``SegResNet``, all trained by the same ``train.json`` pipeline for the searched
+  network's training wall time and scored by ``evaluate.json`` (``benchmarks/search_quality.py``'s parts, kept in
+  ``--work_dir`` and reused while their inputs are unchanged).
 - ``e2e``: wall time and peak memory of the README's main command (``make demo``: the five stages on the CPU
   profile), into a temporary output folder.
 
@@ -142,37 +147,109 @@ def job_conv_peak(device, **_) -> dict:
     return best
 
 
-def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, channels_last: bool, **_) -> dict:
-    """Sliding-window inference of C2FNAS-Panc on a ``volume``^3 input: seconds, windows, conv MACs, memory."""
+def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, runtime: str, **_) -> dict:
+    """Sliding-window inference of C2FNAS-Panc on a ``volume``^3 input: seconds, windows, conv MACs, memory.
+
+    ``runtime``: ``monai`` runs MONAI's ``SlidingWindowInferer``; any of ``scripts.inference_runtime.RUNTIMES`` runs
+    the bundle's ``MeasuredSlidingWindowInferer`` with it (``auto`` measuring from the first window). The first call
+    (which builds and, for ``auto``, measures the runtimes) is timed apart as ``setup_seconds`` minus one call.
+    """
     import torch
-    from monai.inferers import sliding_window_inference
+    from monai.inferers import SlidingWindowInferer
+    from scripts.inference_runtime import MeasuredSlidingWindowInferer
 
     from networks.complexity import count_macs
 
     net = _c2fnas(plain=plain).to(device).eval()
     macs_per_window = count_macs(net, (1, 1, 96, 96, 96))
     x = torch.rand(1, 1, volume, volume, volume, device=device)
-    if channels_last:
-        net, x = net.to(memory_format=torch.channels_last_3d), x.to(memory_format=torch.channels_last_3d)
+    roi = (96, 96, 96)
+    if runtime == "monai":
+        inferer = SlidingWindowInferer(roi, sw_batch_size, overlap=0.625)
+    else:
+        inferer = MeasuredSlidingWindowInferer(roi, sw_batch_size, overlap=0.625, runtime=runtime, min_windows=0)
     windows = []
 
     def predictor(batch):
         windows.append(batch.shape[0])
         return net(batch)
 
-    def infer():
-        windows.clear()
-        with torch.inference_mode():
-            return sliding_window_inference(x, (96, 96, 96), sw_batch_size, predictor, overlap=0.625)
-
     before = _rss_bytes()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        inferer(x, net)
+    first = time.perf_counter() - start
+    windows_per_call = inferer.count_windows(x.shape) if runtime != "monai" else None
+
+    def infer():
+        with torch.inference_mode():
+            return inferer(x, net)
+
     seconds = _timed(infer, device, 2)
+    if runtime == "monai":  # count the windows once through a predictor
+        with torch.inference_mode():
+            inferer(x, predictor)
+        windows_per_call = sum(windows)
     return {
         "seconds": seconds,
-        "windows": sum(windows),
-        "macs": macs_per_window * sum(windows),
+        "setup_seconds": first - seconds,
+        "chosen": getattr(inferer, "chosen", None),
+        "timings": getattr(inferer, "timings", {}),
+        "windows": windows_per_call,
+        "macs": macs_per_window * windows_per_call,
         "peak_bytes": _peak_bytes(device, before),
     }
+
+
+def job_conv_shapes(device, **_) -> dict:
+    """Where a 96^3 window of C2FNAS-Panc can reach: each of its convolutions timed alone (PyTorch, the faster of
+    both memory formats) against the best conv3d; and, on CPU, OpenVINO's own time per layer type."""
+    import torch
+
+    net = _c2fnas().to(device).eval()
+    shapes: Dict[tuple, int] = {}
+
+    def record(module, inputs, _output):
+        key = (tuple(inputs[0].shape), module.out_channels, module.kernel_size, module.stride, module.padding)
+        shapes[key] = shapes.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(record) for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    x = torch.rand(1, 1, 96, 96, 96, device=device)
+    with torch.inference_mode():
+        net(x)
+    for h in hooks:
+        h.remove()
+    rows, total_macs, total_best = [], 0, 0.0
+    for (shape, out, kernel, stride, padding), count in shapes.items():
+        conv = torch.nn.Conv3d(shape[1], out, kernel, stride, padding, bias=False).to(device).eval()
+        xi = torch.randn(shape, device=device)
+        with torch.inference_mode():
+            out_shape = conv(xi).shape
+            macs = shape[1] * out * kernel[0] * kernel[1] * kernel[2] * int(torch.tensor(out_shape[2:]).prod())
+            best = float("inf")
+            for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+                c, xf = conv.to(memory_format=memory_format), xi.to(memory_format=memory_format)
+                best = min(best, _timed(lambda: c(xf), device, 3))
+        rows.append({"shape": f"{shape[1]}->{out} k{list(kernel)} s{stride[0]} {shape[2]}^3", "count": count,
+                     "macs": macs * count, "seconds": best * count, "gflops": 2 * macs / best / 1e9})  # fmt: skip
+        total_macs, total_best = total_macs + macs * count, total_best + best * count
+    found = {"rows": sorted(rows, key=lambda r: -r["seconds"]), "macs": total_macs, "seconds": total_best}
+    if device.type == "cpu":
+        import openvino
+
+        from networks.c2fnas import TrilinearUpsample2x  # noqa: F401  (traced as one interpolation)
+
+        model = openvino.convert_model(net, example_input=x)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
+        config["INFERENCE_NUM_THREADS"] = str(torch.get_num_threads())
+        request = openvino.Core().compile_model(model, "CPU", config).create_infer_request()
+        for _ in range(3):
+            request.infer([x.numpy()])
+        per_type: Dict[str, float] = {}
+        for layer in request.profiling_info:
+            per_type[layer.node_type] = per_type.get(layer.node_type, 0.0) + layer.real_time.total_seconds()
+        found["openvino_per_type"] = per_type
+    return found
 
 
 def job_window(device, kind: str, **_) -> dict:
@@ -255,6 +332,7 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
 
 JOBS = {
     "conv_peak": job_conv_peak,
+    "conv_shapes": job_conv_shapes,
     "sliding_window": job_sliding_window,
     "window": job_window,
     "train_step": job_train_step,
@@ -298,35 +376,74 @@ def _ratios(res: dict, base: dict) -> tuple:
 def section_inference(args, found: dict) -> None:
     peak = run_child(job="conv_peak", device=args.device)
     print(f"best conv3d throughput: {peak['gflops']:.1f} GFLOP/s ({peak['shape']}, {peak['format']})")
+    found["conv_peak"] = peak
     variants = [
-        ("plain PyTorch (nn.Upsample, default malloc)", dict(plain=True, tuned=False)),
-        ("+ tuned allocator (scripts.runtime)", dict(plain=True, tuned=True)),
-        ("bundle: + TrilinearUpsample2x", dict(plain=False, tuned=True)),
-        ("bundle, channels_last_3d", dict(plain=False, tuned=True, channels_last=True)),
-        ("bundle, sw_batch_size 1", dict(plain=False, tuned=True, sw_batch_size=1)),
+        ("plain PyTorch (nn.Upsample, default malloc)", dict(plain=True, tuned=False, runtime="monai")),
+        ("+ tuned allocator (scripts.runtime)", dict(plain=True, tuned=True, runtime="monai")),
+        ("+ TrilinearUpsample2x: torch", dict(runtime="torch")),
+        ("torch, channels_last_3d", dict(runtime="torch_channels_last")),
+        ("openvino", dict(runtime="openvino")),
+        ("torch, sw_batch_size 4", dict(runtime="torch", sw_batch_size=4)),
+        ("bundle: inference.json's inferer (auto)", dict(runtime="auto")),
     ]
-    print(f"sliding-window inference, C2FNAS-Panc F=32, {args.volume}^3 input, 96^3 windows, overlap 0.625:")
-    print(_row("variant", "windows", "seconds", "GFLOP/s", "efficiency", "memory GiB"))
+    if args.device != "cpu":
+        variants = [v for v in variants if v[1]["runtime"] != "openvino"]
+    print(
+        f"sliding-window inference, C2FNAS-Panc F=32, {args.volume}^3 input, 96^3 windows, overlap 0.625, "
+        "sw_batch_size 1 unless named:"
+    )
+    print(_row("variant", "windows", "seconds", "GFLOP/s", "efficiency", "memory GiB", "setup s"))
     base = None
     for name, options in variants:
-        spec = {"channels_last": False, "sw_batch_size": 4, **options}
+        spec = {"plain": False, "tuned": True, "sw_batch_size": 1, **options}
         res = run_child(job="sliding_window", device=args.device, volume=args.volume, **spec)
         gflops = 2 * res["macs"] / res["seconds"] / 1e9
         base = base or res["seconds"]
-        efficiency = gflops / peak["gflops"]
+        res["efficiency"] = gflops / peak["gflops"]
         print(
             _row(
                 name,
                 res["windows"],
                 f"{res['seconds']:.2f}",
                 f"{gflops:.1f}",
-                f"{efficiency:.2f}",
+                f"{res['efficiency']:.2f}",
                 f"{res['peak_bytes'] / GIB:.2f}",
+                "-" if options["runtime"] == "monai" else f"{res['setup_seconds']:.1f}",
             )
         )
         found.setdefault("sliding", {})[name] = res
-    bundle = found["sliding"]["bundle: + TrilinearUpsample2x"]
-    print(f"speed-up of the bundle over plain PyTorch: {base / bundle['seconds']:.2f}x; target efficiency >= 0.7")
+    bundle = found["sliding"]["bundle: inference.json's inferer (auto)"]
+    measured = ", ".join(f"{k} {v:.2f} s" for k, v in bundle["timings"].items())
+    print(f"the bundle chose {bundle['chosen']} (per window: {measured}); setup {bundle['setup_seconds']:.1f} s once")
+    print(
+        f"speed-up of the bundle over plain PyTorch: {base / bundle['seconds']:.2f}x; efficiency "
+        f"{bundle['efficiency']:.2f} (target >= 0.85)"
+    )
+
+
+def section_shapes(args, found: dict) -> None:
+    """Why the efficiency stops where it does: the network's convolutions alone against the best conv3d."""
+    peak = found.get("conv_peak") or run_child(job="conv_peak", device=args.device)
+    shapes = run_child(job="conv_shapes", device=args.device)
+    ceiling = 2 * shapes["macs"] / shapes["seconds"] / 1e9
+    print(
+        f"C2FNAS-Panc's {sum(r['count'] for r in shapes['rows'])} convolutions of a 96^3 window, each timed alone "
+        f"(PyTorch, the faster format): {ceiling:.1f} GFLOP/s, {ceiling / peak['gflops']:.2f} of the best conv3d; "
+        "the slowest shapes:"
+    )
+    print(_row("convolution", "count", "share of MACs", "GFLOP/s", "of peak"))
+    for r in shapes["rows"][:8]:
+        print(_row(r["shape"], r["count"], f"{r['macs'] / shapes['macs']:.2f}", f"{r['gflops']:.1f}",
+                   f"{r['gflops'] / peak['gflops']:.2f}"))  # fmt: skip
+    if "openvino_per_type" in shapes:
+        total = sum(shapes["openvino_per_type"].values())
+        parts = sorted(shapes["openvino_per_type"].items(), key=lambda kv: -kv[1])
+        print("OpenVINO's time per layer type, one window: " + ", ".join(f"{k} {v / total:.1%}" for k, v in parts[:6]))
+        conv = shapes["openvino_per_type"].get("Convolution", 0.0)
+        print(
+            f"OpenVINO's convolutions alone: {2 * shapes['macs'] / conv / 1e9 / peak['gflops']:.2f} of the best conv3d"
+        )
+    found["conv_shapes"] = shapes
 
 
 def section_monai(args, found: dict) -> None:
@@ -413,6 +530,7 @@ def section_cost(args, found: dict) -> None:
     t_coarse = patches * step["supernet_coarse"]["seconds"]
     search_volume = _windows(shape, 96, coarse["search_overlap"]) * window
     train_volume = _windows(shape, 96, train["sw_overlap"]) * window
+    search_val = min(val, coarse["search_val_cases"]) if coarse["search_val_cases"] else val  # fitness cases
     coarse_evaluations = (
         coarse["num_clusters"] * coarse["score_samples"]
         + (coarse["population_size"] + coarse["cycles"]) * coarse["op_samples"]
@@ -420,16 +538,17 @@ def section_cost(args, found: dict) -> None:
     fine_evaluations = fine["population_size"] + fine["cycles"]
     parts = {
         "coarse supernet training": coarse["num_clusters"] * coarse["cluster_iterations"] * t_coarse,
-        "coarse evaluations": coarse_evaluations * val * search_volume,
+        "coarse evaluations": coarse_evaluations * search_val * search_volume,
         "fine supernet training": fine["fine_iterations"] * t_fine,
-        "fine evaluations": fine_evaluations * val * search_volume,
+        "fine evaluations": fine_evaluations * search_val * search_volume,
     }
     training = {
         "training iterations": train["max_epochs"] * iterations_per_epoch * t_derived,
         "validations": train["max_epochs"] // train["val_interval"] * val * train_volume,
     }
     print(
-        f"default budgets on {cases} cases of {'x'.join(map(str, shape))} voxels at 1 mm ({val} validation): "
+        f"default budgets on {cases} cases of {'x'.join(map(str, shape))} voxels at 1 mm ({val} validation, "
+        f"{search_val} of them scoring the search's candidates at overlap {coarse['search_overlap']}): "
         f"coarse {coarse['num_clusters']} x {coarse['cluster_iterations']} iterations + {coarse_evaluations} "
         f"evaluations, fine {fine['fine_iterations']} iterations + {fine_evaluations} evaluations, training "
         f"{train['max_epochs']} x {iterations_per_epoch} iterations + {train['max_epochs'] // train['val_interval']} "
@@ -438,7 +557,7 @@ def section_cost(args, found: dict) -> None:
     for name, seconds in {**parts, **training}.items():
         print(f"  {name:<28}{seconds / 3600:>10.1f} h on this machine")
     ratio = sum(parts.values()) / sum(training.values())
-    print(f"search cost / training cost: {ratio:.2f} (target <= 3)")
+    print(f"search cost / training cost: {ratio:.2f} (target <= 1.0)")
     found["cost"] = ratio
 
 
@@ -479,11 +598,83 @@ def section_e2e(args, found: dict) -> None:
     print(f"make demo chain: {wall:.0f} s wall, peak memory of the largest stage {peak / GIB:.2f} GiB; Dice {dice}")
 
 
+def machine(device: str) -> str:
+    """The machine the figures are measured on: CPU model (family/model), cores, device, versions."""
+    import torch
+
+    info: Dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = info.get("model name", platform.processor() or platform.machine())
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']} model {info.get('model', '?')})"
+    flags = info.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    cpu += f", {isa}{', AMX' if 'amx_tile' in flags else ''}, {os.cpu_count()} cores"
+    if device.startswith("cuda"):
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{cpu}; device {device}; torch {torch.__version__}, python {platform.python_version()}"
+
+
+def section_dice(args, found: dict) -> None:
+    """The searched network vs MONAI's UNet and SegResNet at equal training wall time (CPU profile, embedded data)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import search_quality as sq
+    from networks.complexity import count_macs
+
+    work = Path(args.work_dir).resolve()
+    bench = sq.Bench(work, None, BUNDLE / "configs" / "cpu_profile.json", reuse=True)
+    searched = sq.search_part(bench, 0)
+    arch = {"levels": searched["arch"]["levels"], "ops": searched["arch"]["ops"]}
+    trained = {"searched C2FNAS (seed 0)": sq.train_part(bench, "searched_seed0", arch)}
+    epochs = sq.calibration_part(bench, arch)
+    for name in sq.BASELINES:
+        n, every = epochs[name]["max_epochs"], epochs[name]["val_interval"]
+        config = sq.baseline_config(bench, name)
+        trained[name] = sq.train_part(bench, name, None, extra=[config], max_epochs=n, val_interval=every)
+
+    def network(name: str):  # the network_def each was trained with, from the same configs
+        from networks import Architecture, save_architecture
+
+        overrides: Dict[str, object] = {"bundle_root": str(BUNDLE)}
+        extra = [sq.baseline_config(bench, name)] if name in sq.BASELINES else []
+        if not extra:
+            arch_file = work / "configs" / "searched_seed0.json"
+            save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
+            overrides["arch_file"] = str(arch_file)
+        parser = sq.parsed(bench.config_files([BUNDLE / "configs" / "train.json"], extra), overrides)
+        return parser.get_parsed_content("network_def"), parser.get_parsed_content("roi_size")
+
+    print("embedded data, CPU profile, equal training wall time (epochs calibrated by short real trainings):")
+    print(_row("network", "params (M)", "GMAC/patch", "epochs", "train+eval s", "mean Dice"))
+    for name, res in trained.items():
+        net, roi = network("searched" if name.startswith("searched") else name)
+        macs = count_macs(net.eval(), (1, 1, *roi))
+        n = epochs["searched"]["max_epochs"] if name.startswith("searched") else epochs[name]["max_epochs"]
+        print(
+            _row(
+                name,
+                f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}",
+                f"{macs / 1e9:.2f}",
+                n,
+                f"{res['wall_s']:.0f}",
+                f"{res['dice']:.4f}",
+            )
+        )
+    print(f"search (seed 0): {sum(searched['wall_s'].values()):.0f} s; parts in {work}")
+
+
 SECTIONS = {
     "inference": section_inference,
+    "shapes": section_shapes,
     "monai": section_monai,
     "search": section_search,
     "cost": section_cost,
+    "dice": section_dice,
     "e2e": section_e2e,
 }
 
@@ -499,15 +690,15 @@ def main() -> None:
     parser.add_argument(
         "--case_shape", type=int, nargs=3, default=[400, 400, 232], help="a typical case at 1 mm (MSD Task07)"
     )
+    parser.add_argument(
+        "--work_dir", default=str(ROOT / "runs" / "performance_dice"), help="the dice section's kept parts"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child_main(json.loads(args.child))))
         return
-    print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}, "
-        f"python {platform.python_version()}"
-    )
+    print(f"# {machine(args.device)}")
     found: Dict[str, dict] = {}
     for name in args.sections.split(","):
         print(f"\n## {name}")

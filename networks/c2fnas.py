@@ -52,11 +52,13 @@ class TrilinearUpsample2x(nn.Module):
 
     Equal to ``nn.Upsample(scale_factor=2, mode="trilinear")``. Without autograd (inference, evaluation) it runs as
     three separable 1D passes that write straight into their outputs, about 5x faster than PyTorch's CPU kernel for
-    contiguous tensors (``benchmarks/performance.py``); with autograd it calls ``F.interpolate``.
+    contiguous tensors (``benchmarks/performance.py``); with autograd, and when traced (a graph runtime such as
+    OpenVINO then sees one interpolation), it calls ``F.interpolate``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 5 or min(x.shape[2:]) < 2:
+        traced = torch.jit.is_tracing()
+        if traced or (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 5 or min(x.shape[2:]) < 2:
             return nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
         for dim in (4, 3, 2):  # the innermost axis first: the large passes then write whole contiguous rows
             x = _linear_double(x, dim)

@@ -63,6 +63,8 @@ class SearchSettings:
         lr_hold_fraction: each training phase keeps ``learning_rate`` for this fraction of its iterations, then
             decays it to zero by a cosine.
         roi_size, sw_batch_size, overlap: sliding-window validation (the deployed patch size).
+        val_cases: a candidate's fitness is its Dice on the first ``val_cases`` validation cases (the split is a
+            seeded shuffle, so they are a random subset); 0 uses them all.
         population_size, sample_size, cycles: aging evolution.
         seed: every random decision of the search.
         device: ``torch.device`` or string; amp: mixed precision on CUDA.
@@ -87,6 +89,7 @@ class SearchSettings:
     roi_size: Union[int, Sequence[int]] = 96
     sw_batch_size: int = 4
     overlap: float = 0.25
+    val_cases: int = 0
     population_size: int = 20
     sample_size: int = 5
     cycles: int = 60
@@ -112,6 +115,7 @@ class SearchSettings:
             "lr_hold_fraction": (float, {"minimum": 0, "below": 1}),
             "sw_batch_size": (int, {"minimum": 1}),
             "overlap": (float, {"minimum": 0, "below": 1}),
+            "val_cases": (int, {"minimum": 0}),
             "population_size": (int, {"minimum": 1}),
             "sample_size": (int, {"minimum": 1}),
             "cycles": (int, {"minimum": 0}),

@@ -136,7 +136,7 @@ class SearchStage:
         if not isinstance(settings, SearchSettings):
             raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}")
         self.settings = settings
-        self.train_data, self.val_data = list(train_data), list(val_data)
+        self.train_data, self.val_data = list(train_data), list(val_data)[: settings.val_cases or None]
         if not self.val_data:
             raise ValueError("the validation set is empty: the search needs at least one validation case")
         self.rank, self.world_size = rank_and_world_size()

@@ -335,3 +335,14 @@ def test_fine_search_picks_the_op_the_task_needs(tmp_path):
     many = [f for n, fs in by_count.items() if n >= 3 for f in fs]
     few = [f for n, fs in by_count.items() if n <= 1 for f in fs]
     assert mean(many) > mean(few) + 0.02, (mean(many), mean(few))
+
+
+def test_fitness_uses_the_first_val_cases_validation_cases(tmp_path):
+    """val_cases (the search's evaluation budget) scores candidates on that many validation cases; 0 keeps all."""
+    everything = small_stage("fine", tmp_path / "all", topology=Architecture((1, 2, 2, 1)))
+    fewer = small_stage("fine", tmp_path / "one", topology=Architecture((1, 2, 2, 1)), val_cases=1)
+    assert len(everything.evaluator.cases) == 2 and len(fewer.evaluator.cases) == 1
+    assert torch.equal(fewer.evaluator.cases[0][1], everything.evaluator.cases[0][1])
+    assert fewer.fingerprint()["data"] != everything.fingerprint()["data"], "another budget cannot resume this state"
+    with pytest.raises(ValueError, match="val_cases"):
+        small_stage("fine", tmp_path / "bad", topology=Architecture((1, 2, 2, 1)), val_cases=-1)

@@ -9,6 +9,7 @@ from typing import Any, Dict
 
 import jsonschema
 from scripts.errors import SettingsError
+from scripts.inference_runtime import RUNTIMES
 
 __all__ = ["SettingsError", "SETTINGS", "check_settings"]
 
@@ -44,6 +45,7 @@ SETTINGS: Dict[str, dict] = {
     "max_epochs": _POSITIVE_INT,
     "val_interval": _POSITIVE_INT,
     "restart": {"type": "boolean"},
+    "inference_runtime": {"enum": list(RUNTIMES), "description": "auto measures the candidates on this machine"},
 }
 
 

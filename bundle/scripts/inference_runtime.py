@@ -1,0 +1,210 @@
+"""Sliding-window inference on the runtime this machine measures fastest, for a network whose weights are fixed.
+
+MONAI's inferers run the network they are given as it is; what is fastest differs between CPUs (the memory format
+oneDNN prefers, PyTorch's eager kernels vs OpenVINO's fused graph: ``benchmarks/performance.py`` measures them side
+by side), so :class:`MeasuredSlidingWindowInferer` times the candidates on this machine at its first call and runs
+every window with the fastest one whose output matches PyTorch's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+__all__ = ["RUNTIMES", "MeasuredSlidingWindowInferer", "candidate_runtimes", "build_runtime"]
+
+RUNTIMES = ("auto", "torch", "torch_channels_last", "openvino")
+logger = logging.getLogger("c2fnas.inference")
+
+
+def _openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def candidate_runtimes(device: torch.device) -> List[str]:
+    """The runtimes that can run a network on ``device``: PyTorch in both memory formats; OpenVINO on CPU."""
+    names = ["torch", "torch_channels_last"]
+    if device.type == "cpu" and _openvino_available():
+        names.append("openvino")
+    return names
+
+
+class _ChannelsLast:
+    """A copy of the network in ``channels_last_3d``: ``(B, C, *S) -> (B, out, *S)``, outputs contiguous."""
+
+    def __init__(self, network: nn.Module):
+        self.network = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
+
+
+class _OpenVINO:
+    """The network converted by OpenVINO for one window batch shape ``(B, C, *S)``; smaller batches are padded.
+
+    OpenVINO runs with PyTorch's thread count (``torch.get_num_threads()``, so ``OMP_NUM_THREADS`` holds for both)
+    and in float32 (``INFERENCE_PRECISION_HINT``), the precision the weights were trained in.
+    """
+
+    def __init__(self, network: nn.Module, example: torch.Tensor):
+        import openvino
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shapes are fixed: tracing them is right
+            model = openvino.convert_model(network, example_input=example)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
+        self.request = openvino.Core().compile_model(model, "CPU", config).create_infer_request()
+        self.shape = tuple(example.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        if tuple(x.shape[1:]) != self.shape[1:] or batch > self.shape[0]:
+            raise ValueError(f"OpenVINO runtime built for windows {self.shape}, got {tuple(x.shape)}")
+        if batch < self.shape[0]:
+            x = torch.cat([x, x.new_zeros((self.shape[0] - batch, *x.shape[1:]))])
+        out = self.request.infer([x.detach().to("cpu", torch.float32).contiguous().numpy()])[0]
+        return torch.from_numpy(out)[:batch].to(x.device)
+
+
+def build_runtime(name: str, network: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``name`` (one of :data:`RUNTIMES` but ``auto``) running ``network`` on windows shaped like ``example``."""
+    if name == "torch":
+        return network
+    if name == "torch_channels_last":
+        return _ChannelsLast(network)
+    if name == "openvino":
+        if not _openvino_available():
+            raise ImportError("inference_runtime 'openvino' needs the openvino package (pip install openvino)")
+        if example.device.type != "cpu":
+            raise ValueError(f"inference_runtime 'openvino' runs on CPU, the network is on {example.device}")
+        return _OpenVINO(network, example)
+    raise ValueError(f"inference_runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
+
+
+def _weights_key(network: nn.Module) -> Tuple:
+    """Changes whenever a parameter or buffer is replaced or modified in place (loading, optimiser steps)."""
+    tensors = [*network.parameters(), *network.buffers()]
+    return (id(network), tuple((t.data_ptr(), t._version) for t in tensors))
+
+
+class MeasuredSlidingWindowInferer(SlidingWindowInferer):
+    """MONAI's :class:`SlidingWindowInferer` whose windows run on a runtime chosen by measurement.
+
+    ``runtime="auto"``: once the volumes given so far hold ``min_windows`` windows (the choice costs about 15
+    window times, so short runs keep PyTorch), each of :func:`candidate_runtimes` is built for the window batch
+    ``(sw_batch_size, C, *roi_size)`` and timed on it (median of ``repeats`` calls after one warm-up); the fastest
+    whose output differs from PyTorch's by at most ``tolerance`` x its largest magnitude runs every later window, and
+    the measurements are logged. Any other ``runtime`` is used as named from the first window. The choice is remade
+    only if the network's weights change, so use it where they are fixed (inference, evaluation); training's
+    validation keeps MONAI's inferer.
+    """
+
+    def __init__(
+        self,
+        roi_size: Union[Sequence[int], int],
+        sw_batch_size: int = 1,
+        overlap: float = 0.25,
+        runtime: str = "auto",
+        min_windows: int = 64,
+        repeats: int = 1,
+        tolerance: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"inference_runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.runtime, self.min_windows, self.repeats, self.tolerance = runtime, min_windows, repeats, tolerance
+        self.chosen: Optional[str] = None
+        self.timings: Dict[str, float] = {}
+        self.windows_seen = 0
+        self._key: Optional[Tuple] = None
+        self._runner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs):
+        if isinstance(network, nn.Module):
+            network = self._runtime_for(network, inputs)
+        return super().__call__(inputs, network, *args, **kwargs)
+
+    def _roi(self, spatial: Sequence[int]) -> List[int]:
+        roi = self.roi_size if isinstance(self.roi_size, Sequence) else [self.roi_size] * len(spatial)
+        return [int(s) if r is None or int(r) <= 0 else int(r) for r, s in zip(roi, spatial)]
+
+    def count_windows(self, shape: Sequence[int]) -> int:
+        """Windows over an input ``(B, C, *S)`` (MONAI's scan: ``ceil((side - roi) / interval) + 1`` per axis)."""
+        count = shape[0]
+        for side, roi in zip(shape[2:], self._roi(shape[2:])):
+            interval = max(1, int(roi * (1 - self.overlap)))
+            count *= 1 if side <= roi else -(-(side - roi) // interval) + 1
+        return count
+
+    def _runtime_for(self, network: nn.Module, inputs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        key = _weights_key(network)
+        if key != self._key:  # new or changed weights: choose again
+            self._key, self._runner, self.chosen, self.windows_seen = key, None, None, 0
+        self.windows_seen += self.count_windows(inputs.shape)
+        if self._runner is not None:
+            return self._runner
+        if self.runtime == "auto" and self.windows_seen < self.min_windows:
+            if self.chosen is None:
+                logger.info(f"inference runtime: torch until {self.min_windows} windows are due, then measured")
+                self.chosen = "torch"
+            return network
+        example = inputs.new_empty((self.sw_batch_size, inputs.shape[1], *self._roi(inputs.shape[2:]))).normal_()
+        example = example * inputs.float().std().clamp_min(1e-6) + inputs.float().mean()
+        with torch.no_grad():
+            self.chosen, self._runner = self._choose(network, example)
+        self._key = _weights_key(network)
+        return self._runner
+
+    def _time(self, runner: Callable, example: torch.Tensor) -> Tuple[float, torch.Tensor]:
+        out = runner(example)
+        times = []
+        for _ in range(self.repeats):
+            if example.device.type == "cuda":
+                torch.cuda.synchronize(example.device)
+            start = time.perf_counter()
+            runner(example)
+            if example.device.type == "cuda":
+                torch.cuda.synchronize(example.device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), out
+
+    def _choose(self, network: nn.Module, example: torch.Tensor) -> Tuple[str, Callable]:
+        if self.runtime != "auto":
+            logger.info(f"inference runtime: {self.runtime} (as set)")
+            return self.runtime, build_runtime(self.runtime, network, example)
+        self.timings.clear()
+        runners: Dict[str, Callable] = {"torch": network}
+        self.timings["torch"], reference = self._time(network, example)  # the reference: PyTorch as trained
+        reference = reference.float()
+        scale = max(reference.abs().max().item(), 1e-12)
+        for name in candidate_runtimes(example.device)[1:]:
+            try:
+                runner = build_runtime(name, network, example)
+                seconds, out = self._time(runner, example)
+            except Exception as e:  # a runtime that cannot run this network is skipped, not fatal
+                logger.warning(f"inference runtime {name} skipped: {type(e).__name__}: {e}")
+                continue
+            difference = (out.float() - reference).abs().max().item() / scale
+            if not difference <= self.tolerance:
+                logger.warning(
+                    f"inference runtime {name} skipped: its output differs from PyTorch's by {difference:.0e}"
+                )
+                continue
+            runners[name], self.timings[name] = runner, seconds
+        fastest = min(self.timings, key=self.timings.get)
+        measured = ", ".join(f"{n} {s:.3f} s" for n, s in self.timings.items())
+        logger.info(f"inference runtime: {fastest} (per batch of {tuple(example.shape)} windows: {measured})")
+        return fastest, runners[fastest]
