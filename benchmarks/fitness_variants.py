@@ -87,7 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if task == "embedded" and dataset_dir == sq.BUNDLE / "data" / "synthetic":
         dataset_dir = None  # as the benchmark ran it: the bundle's default
     bench = sq.Bench(args.work_dir, dataset_dir, Path(settings["profile"]), True)
-    names = sq.parsed(bench.config_files([]), bench.overrides(args.work_dir / "runs" / "search_seed0"))["class_names"]
+    names = sq.parsed(
+        bench.config_files([]), bench.overrides(args.work_dir / "runs" / "search_seed0")
+    ).get_parsed_content("class_names")
     random_names = sorted(n for n in archs if n.startswith("random"))
     ops_names = sorted(n for n in archs if n.startswith("ops"))
 
