@@ -528,20 +528,25 @@ def section_cost(args, found: dict) -> None:
     patches = train["batch_size"] * train["num_samples"]
     t_derived, t_fine = patches * step["derived"]["seconds"], patches * step["supernet_fine"]["seconds"]
     t_coarse = patches * step["supernet_coarse"]["seconds"]
-    search_volume = _windows(shape, 96, coarse["search_overlap"]) * window
     train_volume = _windows(shape, 96, train["sw_overlap"]) * window
-    search_val = min(val, coarse["search_val_cases"]) if coarse["search_val_cases"] else val  # fitness cases
     coarse_evaluations = (
         coarse["num_clusters"] * coarse["score_samples"]
         + (coarse["population_size"] + coarse["cycles"]) * coarse["op_samples"]
     )
     fine_evaluations = fine["population_size"] + fine["cycles"]
-    parts = {
-        "coarse supernet training": coarse["num_clusters"] * coarse["cluster_iterations"] * t_coarse,
-        "coarse evaluations": coarse_evaluations * search_val * search_volume,
-        "fine supernet training": fine["fine_iterations"] * t_fine,
-        "fine evaluations": fine_evaluations * search_val * search_volume,
-    }
+
+    def search_parts(overlap: float, scored: int) -> Dict[str, float]:  # hours of each part, scoring on `scored` cases
+        volume = _windows(shape, 96, overlap) * window
+        return {
+            "coarse supernet training": coarse["num_clusters"] * coarse["cluster_iterations"] * t_coarse,
+            "coarse evaluations": coarse_evaluations * scored * volume,
+            "fine supernet training": fine["fine_iterations"] * t_fine,
+            "fine evaluations": fine_evaluations * scored * volume,
+        }
+
+    search_val = min(val, coarse["search_val_cases"]) if coarse["search_val_cases"] else val  # fitness cases
+    parts = search_parts(coarse["search_overlap"], search_val)
+    before = search_parts(0.25, val)  # the evaluation budget of 0.3.1: overlap 0.25, every validation case
     training = {
         "training iterations": train["max_epochs"] * iterations_per_epoch * t_derived,
         "validations": train["max_epochs"] // train["val_interval"] * val * train_volume,
@@ -558,6 +563,12 @@ def section_cost(args, found: dict) -> None:
         print(f"  {name:<28}{seconds / 3600:>10.1f} h on this machine")
     ratio = sum(parts.values()) / sum(training.values())
     print(f"search cost / training cost: {ratio:.2f} (target <= 1.0)")
+    print(
+        f"the same with 0.3.1's evaluation budget (overlap 0.25, all {val} validation cases): "
+        f"{sum(before.values()) / sum(training.values()):.2f}; evaluation share of the search "
+        f"{(parts['coarse evaluations'] + parts['fine evaluations']) / sum(parts.values()):.0%} now, "
+        f"{(before['coarse evaluations'] + before['fine evaluations']) / sum(before.values()):.0%} before"
+    )
     found["cost"] = ratio
 
 

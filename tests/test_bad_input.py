@@ -172,8 +172,12 @@ def test_images_given_with_dataset_data_are_checked_too(dataset, tmp_path, kind)
         ("roi_size", "[40,40,40]", "setting 'roi_size' (config or --roi_size override): 40 is not a multiple of 16"),
         ("max_epochs", "ten", "setting 'max_epochs' (config or --max_epochs override): 'ten' is not of type 'integer'"),
         ("learning_rate", "-0.1", "setting 'learning_rate' (config or --learning_rate override): -0.1 is less than"),
-        ("inference_runtime", "onnx", "setting 'inference_runtime' (config or --inference_runtime override): 'onnx' "
-         "is not one of ['auto', 'torch', 'torch_channels_last', 'openvino']"),
+        (
+            "inference_runtime",
+            "onnx",
+            "setting 'inference_runtime' (config or --inference_runtime override): 'onnx' "
+            "is not one of ['auto', 'torch', 'torch_channels_last', 'openvino']",
+        ),
     ],
 )
 def test_override_of_the_wrong_type(dataset, tmp_path, override, value, message):

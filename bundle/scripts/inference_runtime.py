@@ -102,11 +102,12 @@ def _weights_key(network: nn.Module) -> Tuple:
 class MeasuredSlidingWindowInferer(SlidingWindowInferer):
     """MONAI's :class:`SlidingWindowInferer` whose windows run on a runtime chosen by measurement.
 
-    ``runtime="auto"``: once the volumes given so far hold ``min_windows`` windows (the choice costs about 15
+    ``runtime="auto"``: once the volumes given so far hold ``min_windows`` windows (the choice costs about 20
     window times, so short runs keep PyTorch), each of :func:`candidate_runtimes` is built for the window batch
-    ``(sw_batch_size, C, *roi_size)`` and timed on it (median of ``repeats`` calls after one warm-up); the fastest
-    whose output differs from PyTorch's by at most ``tolerance`` x its largest magnitude runs every later window, and
-    the measurements are logged. Any other ``runtime`` is used as named from the first window. The choice is remade
+    ``(sw_batch_size, C, *roi_size)`` and run on it once; those whose output differs from PyTorch's by at most
+    ``tolerance`` x its largest magnitude are then timed in ``repeats`` rounds (each runtime once per round, so a
+    slow spell of the machine hits all alike), and the one with the lowest median runs every later window. The
+    measurements are logged. Any other ``runtime`` is used as named from the first window. The choice is remade
     only if the network's weights change, so use it where they are fixed (inference, evaluation); training's
     validation keeps MONAI's inferer.
     """
@@ -118,7 +119,7 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
         overlap: float = 0.25,
         runtime: str = "auto",
         min_windows: int = 64,
-        repeats: int = 1,
+        repeats: int = 3,
         tolerance: float = 1e-3,
         **kwargs,
     ):
@@ -168,32 +169,27 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
         self._key = _weights_key(network)
         return self._runner
 
-    def _time(self, runner: Callable, example: torch.Tensor) -> Tuple[float, torch.Tensor]:
-        out = runner(example)
-        times = []
-        for _ in range(self.repeats):
-            if example.device.type == "cuda":
-                torch.cuda.synchronize(example.device)
-            start = time.perf_counter()
-            runner(example)
-            if example.device.type == "cuda":
-                torch.cuda.synchronize(example.device)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), out
+    @staticmethod
+    def _seconds(runner: Callable, example: torch.Tensor) -> float:
+        if example.device.type == "cuda":
+            torch.cuda.synchronize(example.device)
+        start = time.perf_counter()
+        runner(example)
+        if example.device.type == "cuda":
+            torch.cuda.synchronize(example.device)
+        return time.perf_counter() - start
 
     def _choose(self, network: nn.Module, example: torch.Tensor) -> Tuple[str, Callable]:
         if self.runtime != "auto":
             logger.info(f"inference runtime: {self.runtime} (as set)")
             return self.runtime, build_runtime(self.runtime, network, example)
-        self.timings.clear()
         runners: Dict[str, Callable] = {"torch": network}
-        self.timings["torch"], reference = self._time(network, example)  # the reference: PyTorch as trained
-        reference = reference.float()
+        reference = network(example).float()  # PyTorch as trained: the reference, and its warm-up
         scale = max(reference.abs().max().item(), 1e-12)
         for name in candidate_runtimes(example.device)[1:]:
             try:
                 runner = build_runtime(name, network, example)
-                seconds, out = self._time(runner, example)
+                out = runner(example)  # its warm-up
             except Exception as e:  # a runtime that cannot run this network is skipped, not fatal
                 logger.warning(f"inference runtime {name} skipped: {type(e).__name__}: {e}")
                 continue
@@ -203,8 +199,15 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
                     f"inference runtime {name} skipped: its output differs from PyTorch's by {difference:.0e}"
                 )
                 continue
-            runners[name], self.timings[name] = runner, seconds
+            runners[name] = runner
+        # timed in rounds, each runtime once per round, so a slow spell of the machine hits all of them alike
+        times: Dict[str, List[float]] = {name: [] for name in runners}
+        for _ in range(self.repeats):
+            for name, runner in runners.items():
+                times[name].append(self._seconds(runner, example))
+        self.timings = {name: statistics.median(t) for name, t in times.items()}
         fastest = min(self.timings, key=self.timings.get)
         measured = ", ".join(f"{n} {s:.3f} s" for n, s in self.timings.items())
-        logger.info(f"inference runtime: {fastest} (per batch of {tuple(example.shape)} windows: {measured})")
+        logger.info(f"inference runtime: {fastest} (per batch of {tuple(example.shape)} windows, median of "
+                    f"{self.repeats}: {measured})")  # fmt: skip
         return fastest, runners[fastest]
