@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-LINTED := networks search tests benchmarks release.py $(wildcard bundle/scripts/*.py)
+LINTED := networks search tests benchmarks auto3dseg release.py $(wildcard bundle/scripts/*.py)
 
 LABEL_VENV := .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed

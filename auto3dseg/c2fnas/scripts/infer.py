@@ -1,0 +1,59 @@
+"""The ``InferClass`` Auto3DSeg's ensembler calls: the trained C2FNAS network through the bundle's inference config.
+
+``infer(image_file)`` returns the class probabilities ``(classes, *S)`` in the input image's own space (a
+``MetaTensor`` with its affine): the bundle's ``inference.json`` preprocessing, network, sliding-window inferer
+and, of its postprocessing, the finiteness check, softmax and ``Invertd``. Auto3DSeg averages these over the
+ensemble and takes the argmax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train import SETTINGS, hyper_parameters  # noqa: E402  (this template's own train.py, beside this file)
+
+
+class InferClass:
+    def __init__(self, config_file: Union[str, Sequence[str]], **override: Any):
+        parser = hyper_parameters(
+            [c for c in ([config_file] if isinstance(config_file, str) else config_file) if c.endswith("yaml")],
+            {k: v for k, v in override.items() if k in SETTINGS},
+        )
+        bundle_root, algo_dir = Path(parser["bundle_root"]), Path(parser["algo_dir"])
+        if str(bundle_root) not in sys.path:
+            sys.path.insert(0, str(bundle_root))
+        out = algo_dir / "outputs"
+        used = json.loads((out / "c2fnas_run.json").read_text())  # the layers and overrides train.py ran with
+        files = [str(bundle_root / "configs" / "common.json"), str(bundle_root / "configs" / "inference.json")]
+        config = ConfigParser(ConfigParser.load_config_files(files + used["layers"]))
+        settings = {
+            **used["overrides"],
+            "arch_file": str(out / "search" / "arch_fine.json"),
+            "ckpt_file": str(out / "models" / "model.pt"),
+        }
+        for key, value in settings.items():
+            config[key] = value
+        self.device = config.get_parsed_content("device")
+        self.preprocessing = config.get_parsed_content("preprocessing")
+        self.network = config.get_parsed_content("network").eval()
+        checkpoint = torch.load(settings["ckpt_file"], map_location=self.device, weights_only=True)
+        self.network.load_state_dict(checkpoint.get("model", checkpoint))
+        self.inferer = config.get_parsed_content("inferer")
+        post = config.get_parsed_content("postprocessing").transforms
+        self.postprocessing = Compose(list(post[:3]))  # CheckFinited, softmax, Invertd (not argmax, not saving)
+
+    @torch.no_grad()
+    def infer(self, image_file: Union[str, dict]) -> torch.Tensor:
+        data = self.preprocessing({"image": image_file} if isinstance(image_file, str) else dict(image_file))
+        image = data["image"].to(self.device)
+        data["pred"] = self.inferer(image[None], self.network)[0]
+        return self.postprocessing(data)["pred"]

@@ -1,0 +1,165 @@
+"""Train C2FNAS for Auto3DSeg: coarse search, fine search, training and evaluation, each the bundle's own stage.
+
+``BundleAlgo.train`` runs ``python scripts/train.py run --config_file <configs> [--key value ...]``. Each stage is
+``python -m monai.bundle run`` over the bundle's ``common.json``, the stage config, the chosen profile and a layer
+written here (the fold's split, the plan), into ``<algo_dir>/outputs``. Every stage resumes from its own state when
+the same command runs again (a killed AutoRunner started again continues), and refuses a state made with other
+settings. Each stage's output goes to ``<algo_dir>/outputs/logs/<stage>.log`` (appended to). The evaluation's mean
+Dice of the trained network (its best checkpoint, on the fold's validation cases) goes to
+``<ckpt_path>/progress.yaml`` for ``BundleAlgo.get_score``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
+
+from monai.bundle import ConfigParser
+
+STAGES = {  # stage -> its configs in the bundle, in the order they run
+    "search_coarse": ["search_coarse.json"],
+    "search_fine": ["search_fine.json"],
+    "train": ["train.json"],
+    "evaluate": ["train.json", "evaluate.json"],
+}
+SETTINGS = ("bundle_root", "algo_dir", "data_stats_file", "data_list_file", "data_root", "modality", "fold", "profile")
+
+
+def hyper_parameters(config_file: Union[str, Sequence[str]], override: Dict[str, Any]) -> ConfigParser:
+    """The algorithm's settings: ``hyper_parameters.yaml`` (and any other config given) with ``override``."""
+    parser = ConfigParser()
+    parser.read_config([config_file] if isinstance(config_file, str) else list(config_file))
+    for key, value in override.items():
+        parser[key] = value
+    return parser
+
+
+def _profile(bundle_root: Path, profile: str) -> List[str]:
+    if profile == "auto":
+        import torch
+
+        profile = "gpu" if torch.cuda.is_available() else "cpu"
+    if profile == "gpu":
+        return []
+    if profile == "cpu":
+        return [str(bundle_root / "configs" / "cpu_profile.json")]
+    if not Path(profile).is_file():
+        raise FileNotFoundError(f"C2FNAS algorithm: profile {profile!r} is not gpu, cpu, auto or a profile file")
+    return [str(Path(profile).resolve())]
+
+
+def task_view(settings: Dict[str, Any]) -> Path:
+    """``<algo_dir>/task``: the fold's split as the bundle reads data (an MSD ``dataset.json`` with absolute paths,
+    and ``fold.json``, a config layer that hands the stages this fold's training and validation cases)."""
+    datalist = json.loads(Path(settings["data_list_file"]).read_text())
+    root = Path(settings["data_root"])
+    stats = ConfigParser.load_config_file(settings["data_stats_file"])
+    summary = stats["stats_summary"]
+    labels = datalist.get("labels") or {
+        str(int(v)): "background" if int(v) == 0 else f"class {int(v)}" for v in summary["label_stats"]["labels"]
+    }
+    channels = int(summary["image_stats"]["channels"]["max"])
+    modality = datalist.get("modality") or {str(c): settings["modality"] for c in range(channels)}
+
+    def absolute(item: Dict[str, Any]) -> Dict[str, str]:
+        return {k: str(root / item[k]) if not os.path.isabs(item[k]) else item[k] for k in ("image", "label")}
+
+    fold = int(settings["fold"])
+    training = [absolute(d) for d in datalist["training"] if int(d.get("fold", -1)) != fold]
+    validation = [absolute(d) for d in datalist["training"] if int(d.get("fold", -1)) == fold]
+    if not training or not validation:
+        raise ValueError(f"{settings['data_list_file']}: fold {fold} leaves {len(training)} training and "
+                         f"{len(validation)} validation cases; each needs at least one")  # fmt: skip
+    view = Path(settings["algo_dir"]) / "task"
+    view.mkdir(parents=True, exist_ok=True)
+    meta = {"name": datalist.get("name", "auto3dseg"), "labels": labels, "modality": modality}
+    meta.update({"training": training + validation, "test": []})
+    split = "$SplitList(@fold_{})"  # the bundle's own split type: a stage then resumes its state
+    layer = {
+        "+imports": ["$from scripts.data import SplitList"],
+        "fold_training": training,
+        "fold_validation": validation,
+    }
+    layer.update({"train_datalist": split.format("training"), "val_datalist": split.format("validation")})
+    for name, content in (("dataset.json", meta), ("fold.json", layer)):
+        temporary = view / f".{name}.tmp"
+        temporary.write_text(json.dumps(content, indent=4))
+        os.replace(temporary, view / name)
+    return view
+
+
+def task_plan(settings: Dict[str, Any], view: Path, configs: List[str], budgets: Dict[str, Any]) -> Path:
+    """``<algo_dir>/outputs/plan.json``: the plan from Auto3DSeg's data stats by the bundle's own ``plan_from_stats``,
+    with the profile's planning settings (``plan_min_spacing``, ``plan_max_roi_size``). Written once; the stages
+    read it as given (a plan without ``made_from``)."""
+    plan_file = Path(settings["algo_dir"]) / "outputs" / "plan.json"
+    if plan_file.exists():
+        return plan_file
+    sys.path.insert(0, settings["bundle_root"])
+    from scripts.planning import plan_from_stats, save_plan
+
+    merged = ConfigParser(ConfigParser.load_config_files(configs))
+    for key, value in budgets.items():
+        merged[key] = value
+    summary_file = Path(settings["data_stats_file"])
+    by_case_file = summary_file.with_name(summary_file.stem + "_by_case" + summary_file.suffix)
+    stats = {
+        "stats_summary": ConfigParser.load_config_file(str(summary_file))["stats_summary"],
+        "stats_by_cases": ConfigParser.load_config_file(str(by_case_file))["stats_by_cases"],
+    }
+    meta = json.loads((view / "dataset.json").read_text())
+    plan = plan_from_stats(stats, meta, view / "dataset.json", merged["plan_min_spacing"], merged["plan_max_roi_size"])
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    return save_plan(plan, plan_file)
+
+
+def run(config_file: Union[str, Sequence[str]], **override: Any) -> None:
+    """Run (or resume) the four stages; ``override``: hyper-parameters and budget ids of the bundle."""
+    parser = hyper_parameters(config_file, {k: v for k, v in override.items() if k in SETTINGS})
+    settings = {k: parser.get_parsed_content(k) for k in SETTINGS}
+    budgets = {k: v for k, v in override.items() if k not in SETTINGS}
+    bundle_root, algo_dir = Path(settings["bundle_root"]), Path(settings["algo_dir"])
+    view = task_view(settings)
+    out = algo_dir / "outputs"
+    common = [str(bundle_root / "configs" / "common.json")]
+    layers = _profile(bundle_root, str(settings["profile"])) + [str(view / "fold.json")]
+    plan_file = task_plan(settings, view, common + layers[:-1], budgets)
+    where = {"bundle_root": str(bundle_root), "dataset_dir": str(view), "output_dir": str(out)}
+    where["plan_file"] = str(plan_file)
+    searched = {"arch_file": str(out / "search" / "arch_fine.json")}
+    model = {"ckpt_file": str(out / "models" / "model.pt")}
+    extra = {"search_coarse": {}, "search_fine": {}, "train": searched, "evaluate": {**searched, **model}}
+    used = {"layers": layers, "overrides": {**where, **budgets}}  # what infer.py builds the same network from
+    temporary = out / ".c2fnas_run.json.tmp"
+    temporary.write_text(json.dumps(used, indent=4))
+    os.replace(temporary, out / "c2fnas_run.json")
+    for stage, configs in STAGES.items():
+        files = common + [str(bundle_root / "configs" / c) for c in configs] + layers
+        argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(map(repr, files)) + "]"]
+        for key, value in {**where, **extra[stage], **budgets}.items():
+            argv += [f"--{key}", value if isinstance(value, str) else repr(value)]
+        log = out / "logs" / f"{stage}.log"  # appended to: a resumed stage logs beside its first attempt
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"C2FNAS algorithm: {stage} (log: {log})", flush=True)
+        with open(log, "a") as f:
+            done = subprocess.run(argv, cwd=str(bundle_root), stdout=f, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            last = [line for line in log.read_text().splitlines() if line.strip()][-1:]
+            raise RuntimeError(f"C2FNAS algorithm: the {stage} stage failed (exit {done.returncode}); {log}: {last}")
+    report = json.loads((out / "eval" / "dice_per_class.json").read_text())
+    ckpt_path = Path(parser.get_parsed_content("ckpt_path"))
+    ckpt_path.mkdir(parents=True, exist_ok=True)
+    progress = [{"best_avg_dice_score": float(report["mean_dice"]), "per_class": report["per_class"]}]
+    temporary = ckpt_path / ".progress.yaml.tmp"
+    ConfigParser.export_config_file(progress, str(temporary), fmt="yaml", default_flow_style=None)
+    os.replace(temporary, ckpt_path / "progress.yaml")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"run": run})
