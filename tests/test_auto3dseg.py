@@ -25,12 +25,13 @@ pytestmark = pytest.mark.slow  # each runs Auto3DSeg end to end: minutes on 2 CP
 RUNNER = """
 import json, sys
 from monai.apps.auto3dseg import AutoRunner
-work_dir, data_src, templates, profile = sys.argv[1:5]
-runner = AutoRunner(work_dir=work_dir, input=data_src, algos=["c2fnas"], templates_path_or_url=templates)
+work_dir, data_src, templates, params, algos = sys.argv[1:6]
+runner = AutoRunner(work_dir=work_dir, input=data_src, algos=algos.split(","), templates_path_or_url=templates)
 runner.set_num_fold(1)
-runner.set_training_params({"profile": profile})
+runner.set_training_params(json.loads(params))
 runner.run()
 """
+MONAI_TEMPLATES = os.environ.get("MONAI_AUTO3DSEG_TEMPLATES")  # research-contributions' auto3dseg/algorithm_templates
 
 
 def _datalist(dataset_dir: Path, folder: Path, modality: str) -> Path:
@@ -45,8 +46,9 @@ def _datalist(dataset_dir: Path, folder: Path, modality: str) -> Path:
     return folder / "task.json"
 
 
-def _auto_runner(work_dir: Path, task: Path, wait: bool = True):
-    argv = [sys.executable, "-c", RUNNER, str(work_dir), str(task), str(TEMPLATES), str(TINY_PROFILE)]
+def _auto_runner(work_dir: Path, task: Path, wait: bool = True, templates=TEMPLATES, params=None, algos="c2fnas"):
+    params = json.dumps(params or {"profile": str(TINY_PROFILE)})
+    argv = [sys.executable, "-c", RUNNER, str(work_dir), str(task), str(templates), params, algos]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # Auto3DSeg runs `python`
     if not wait:
@@ -123,4 +125,26 @@ def test_auto_runner_killed_during_the_search_continues(dataset, tmp_path):
     log = (work_dir / "c2fnas_0" / "outputs" / "logs" / "search_coarse.log").read_text()
     assert f"resuming coarse search from {state}" in log, log[-3000:]
     assert (work_dir / "c2fnas_0" / "outputs" / "models" / "model.pt").is_file()
+    _check_ensemble(dataset, work_dir, {0, 1, 2})
+
+
+@pytest.mark.skipif(not MONAI_TEMPLATES, reason="MONAI's Auto3DSeg templates are a download: MONAI_AUTO3DSEG_TEMPLATES")
+def test_auto_runner_with_c2fnas_beside_monai_segresnet(dataset, tmp_path):
+    """One AutoRunner run holding C2FNAS and MONAI's SegResNet template (their folders side by side): both train,
+    both are scored, and the ensemble is written. The training parameters go to both; each takes its own."""
+    import shutil
+
+    pytest.importorskip("psutil")  # MONAI's SegResNet template needs it
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES / "c2fnas", templates / "c2fnas")
+    shutil.copytree(Path(MONAI_TEMPLATES) / "segresnet", templates / "segresnet")
+    task = _datalist(dataset, tmp_path, "CT")
+    work_dir = tmp_path / "work"
+    params = {"profile": str(TINY_PROFILE), "num_epochs": 2, "num_epochs_per_validation": 1, "num_warmup_epochs": 0}
+    params.update({"num_workers": 0, "auto_scale_allowed": False})
+    log = _auto_runner(work_dir, task, templates=templates, params=params, algos="c2fnas,segresnet")
+    assert 0.0 <= _score(work_dir) <= 1.0
+    (segresnet,) = work_dir.glob("segresnet_0/model/progress.yaml")
+    assert "best_avg_dice_score" in segresnet.read_text()
+    assert "picked the following networks to ensemble" in log
     _check_ensemble(dataset, work_dir, {0, 1, 2})

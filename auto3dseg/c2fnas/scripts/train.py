@@ -11,6 +11,7 @@ Dice of the trained network (its best checkpoint, on the fold's validation cases
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -117,16 +118,34 @@ def task_plan(settings: Dict[str, Any], view: Path, configs: List[str], budgets:
     return save_plan(plan, plan_file)
 
 
+def _value(value: Any) -> Any:
+    """A training parameter as the bundle's settings take it: Auto3DSeg writes a list as ``32,32,32``, which
+    arrives as that string or as a tuple; both become a list."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return list(value) if isinstance(value, tuple) else value
+
+
 def run(config_file: Union[str, Sequence[str]], **override: Any) -> None:
     """Run (or resume) the four stages; ``override``: hyper-parameters and budget ids of the bundle."""
     parser = hyper_parameters(config_file, {k: v for k, v in override.items() if k in SETTINGS})
     settings = {k: parser.get_parsed_content(k) for k in SETTINGS}
-    budgets = {k: v for k, v in override.items() if k not in SETTINGS}
     bundle_root, algo_dir = Path(settings["bundle_root"]), Path(settings["algo_dir"])
     view = task_view(settings)
     out = algo_dir / "outputs"
     common = [str(bundle_root / "configs" / "common.json")]
     layers = _profile(bundle_root, str(settings["profile"])) + [str(view / "fold.json")]
+    # AutoRunner gives every algorithm the same training parameters: keep the bundle's own ids, skip the others
+    stage_files = sorted({str(bundle_root / "configs" / c) for configs in STAGES.values() for c in configs})
+    known = {k.lstrip("+") for f in common + stage_files for k in ConfigParser.load_config_file(f)}
+    budgets = {k: _value(v) for k, v in override.items() if k not in SETTINGS and k in known}
+    ignored = sorted(k for k in override if k not in SETTINGS and k not in known)
+    if ignored:
+        print(f"C2FNAS algorithm: training parameters that are not C2FNAS settings, left to other algorithms: "
+              f"{', '.join(ignored)}", flush=True)  # fmt: skip
     plan_file = task_plan(settings, view, common + layers[:-1], budgets)
     where = {"bundle_root": str(bundle_root), "dataset_dir": str(view), "output_dir": str(out)}
     where["plan_file"] = str(plan_file)
