@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -156,7 +156,7 @@ def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, run
     """
     import torch
     from monai.inferers import SlidingWindowInferer
-    from scripts.inference_runtime import MeasuredSlidingWindowInferer
+    from scripts.inference_runtime import MeasuredSlidingWindowInferer, count_windows
 
     from networks.complexity import count_macs
 
@@ -168,35 +168,25 @@ def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, run
         inferer = SlidingWindowInferer(roi, sw_batch_size, overlap=0.625)
     else:
         inferer = MeasuredSlidingWindowInferer(roi, sw_batch_size, overlap=0.625, runtime=runtime, min_windows=0)
-    windows = []
-
-    def predictor(batch):
-        windows.append(batch.shape[0])
-        return net(batch)
-
+    windows = count_windows(x.shape[2:], roi, 0.625)
     before = _rss_bytes()
     start = time.perf_counter()
     with torch.inference_mode():
         inferer(x, net)
     first = time.perf_counter() - start
-    windows_per_call = inferer.count_windows(x.shape) if runtime != "monai" else None
 
     def infer():
         with torch.inference_mode():
             return inferer(x, net)
 
     seconds = _timed(infer, device, 2)
-    if runtime == "monai":  # count the windows once through a predictor
-        with torch.inference_mode():
-            inferer(x, predictor)
-        windows_per_call = sum(windows)
     return {
         "seconds": seconds,
         "setup_seconds": first - seconds,
         "chosen": getattr(inferer, "chosen", None),
         "timings": getattr(inferer, "timings", {}),
-        "windows": windows_per_call,
-        "macs": macs_per_window * windows_per_call,
+        "windows": windows,
+        "macs": macs_per_window * windows,
         "peak_bytes": _peak_bytes(device, before),
     }
 
@@ -234,19 +224,14 @@ def job_conv_shapes(device, **_) -> dict:
                      "macs": macs * count, "seconds": best * count, "gflops": 2 * macs / best / 1e9})  # fmt: skip
         total_macs, total_best = total_macs + macs * count, total_best + best * count
     found = {"rows": sorted(rows, key=lambda r: -r["seconds"]), "macs": total_macs, "seconds": total_best}
-    if device.type == "cpu":
-        import openvino
+    if device.type == "cpu":  # the bundle's OpenVINO runtime, with OpenVINO's own per-layer timing
+        from scripts.inference_runtime import OpenVINORuntime
 
-        from networks.c2fnas import TrilinearUpsample2x  # noqa: F401  (traced as one interpolation)
-
-        model = openvino.convert_model(net, example_input=x)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True}
-        config["INFERENCE_NUM_THREADS"] = str(torch.get_num_threads())
-        request = openvino.Core().compile_model(model, "CPU", config).create_infer_request()
+        runtime = OpenVINORuntime(net, x, PERF_COUNT=True)
         for _ in range(3):
-            request.infer([x.numpy()])
+            runtime(x)
         per_type: Dict[str, float] = {}
-        for layer in request.profiling_info:
+        for layer in runtime.request.profiling_info:
             per_type[layer.node_type] = per_type.get(layer.node_type, 0.0) + layer.real_time.total_seconds()
         found["openvino_per_type"] = per_type
     return found
@@ -499,15 +484,6 @@ def section_search(args, found: dict) -> None:
     print("targets for the supernets: time ratio <= 1.15, memory ratio <= 1.25")
 
 
-def _windows(shape: List[int], roi: int, overlap: float) -> int:
-    """Sliding windows over ``shape`` (MONAI's rule: ``ceil((side - roi) / interval) + 1`` per axis)."""
-    interval = max(1, int(roi * (1 - overlap)))
-    count = 1
-    for side in shape:
-        count *= 1 if side <= roi else -(-(side - roi) // interval) + 1
-    return count
-
-
 def section_cost(args, found: dict) -> None:
     """Search compute / training compute at the configs' default budget, on MSD Task07-sized data."""
     if "step" not in found:
@@ -515,6 +491,9 @@ def section_cost(args, found: dict) -> None:
     if "window" not in found:
         section_monai(args, found)
     from monai.bundle import ConfigParser
+
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.inference_runtime import count_windows
 
     def merged(stage: str) -> dict:  # a stage config over common.json, as `monai.bundle run` merges them
         return ConfigParser.load_config_files([str(BUNDLE / "configs" / name) for name in ("common.json", stage)])
@@ -528,7 +507,7 @@ def section_cost(args, found: dict) -> None:
     patches = train["batch_size"] * train["num_samples"]
     t_derived, t_fine = patches * step["derived"]["seconds"], patches * step["supernet_fine"]["seconds"]
     t_coarse = patches * step["supernet_coarse"]["seconds"]
-    train_volume = _windows(shape, 96, train["sw_overlap"]) * window
+    train_volume = count_windows(shape, [96] * 3, train["sw_overlap"]) * window
     coarse_evaluations = (
         coarse["num_clusters"] * coarse["score_samples"]
         + (coarse["population_size"] + coarse["cycles"]) * coarse["op_samples"]
@@ -536,7 +515,7 @@ def section_cost(args, found: dict) -> None:
     fine_evaluations = fine["population_size"] + fine["cycles"]
 
     def search_parts(overlap: float, scored: int) -> Dict[str, float]:  # hours of each part, scoring on `scored` cases
-        volume = _windows(shape, 96, overlap) * window
+        volume = count_windows(shape, [96] * 3, overlap) * window
         return {
             "coarse supernet training": coarse["num_clusters"] * coarse["cluster_iterations"] * t_coarse,
             "coarse evaluations": coarse_evaluations * scored * volume,

@@ -13,13 +13,20 @@ import logging
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-__all__ = ["RUNTIMES", "MeasuredSlidingWindowInferer", "candidate_runtimes", "build_runtime"]
+__all__ = [
+    "RUNTIMES",
+    "MeasuredSlidingWindowInferer",
+    "OpenVINORuntime",
+    "build_runtime",
+    "candidate_runtimes",
+    "count_windows",
+]
 
 RUNTIMES = ("auto", "torch", "torch_channels_last", "openvino")
 logger = logging.getLogger("c2fnas.inference")
@@ -31,6 +38,15 @@ def _openvino_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def count_windows(spatial: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Windows over spatial sides ``spatial`` (MONAI's scan: ``ceil((side - roi) / interval) + 1`` per axis)."""
+    count = 1
+    for side, size in zip(spatial, roi):
+        interval = max(1, int(size * (1 - overlap)))
+        count *= 1 if side <= size else -(-(side - size) // interval) + 1
+    return count
 
 
 def candidate_runtimes(device: torch.device) -> List[str]:
@@ -51,20 +67,21 @@ class _ChannelsLast:
         return self.network(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
 
 
-class _OpenVINO:
+class OpenVINORuntime:
     """The network converted by OpenVINO for one window batch shape ``(B, C, *S)``; smaller batches are padded.
 
     OpenVINO runs with PyTorch's thread count (``torch.get_num_threads()``, so ``OMP_NUM_THREADS`` holds for both)
-    and in float32 (``INFERENCE_PRECISION_HINT``), the precision the weights were trained in.
+    and in float32 (``INFERENCE_PRECISION_HINT``), the precision the weights were trained in; ``config`` adds
+    OpenVINO properties (the benchmark's ``PERF_COUNT``).
     """
 
-    def __init__(self, network: nn.Module, example: torch.Tensor):
+    def __init__(self, network: nn.Module, example: torch.Tensor, **config: Any):
         import openvino
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shapes are fixed: tracing them is right
             model = openvino.convert_model(network, example_input=example)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(torch.get_num_threads()), **config}
         self.request = openvino.Core().compile_model(model, "CPU", config).create_infer_request()
         self.shape = tuple(example.shape)
 
@@ -89,7 +106,7 @@ def build_runtime(name: str, network: nn.Module, example: torch.Tensor) -> Calla
             raise ImportError("inference_runtime 'openvino' needs the openvino package (pip install openvino)")
         if example.device.type != "cpu":
             raise ValueError(f"inference_runtime 'openvino' runs on CPU, the network is on {example.device}")
-        return _OpenVINO(network, example)
+        return OpenVINORuntime(network, example)
     raise ValueError(f"inference_runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
 
 
@@ -143,12 +160,8 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
         return [int(s) if r is None or int(r) <= 0 else int(r) for r, s in zip(roi, spatial)]
 
     def count_windows(self, shape: Sequence[int]) -> int:
-        """Windows over an input ``(B, C, *S)`` (MONAI's scan: ``ceil((side - roi) / interval) + 1`` per axis)."""
-        count = shape[0]
-        for side, roi in zip(shape[2:], self._roi(shape[2:])):
-            interval = max(1, int(roi * (1 - self.overlap)))
-            count *= 1 if side <= roi else -(-(side - roi) // interval) + 1
-        return count
+        """Windows over an input ``(B, C, *S)``: ``B`` x :func:`count_windows` of its sides."""
+        return shape[0] * count_windows(shape[2:], self._roi(shape[2:]), self.overlap)
 
     def _runtime_for(self, network: nn.Module, inputs: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         key = _weights_key(network)
@@ -166,7 +179,6 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
         example = example * inputs.float().std().clamp_min(1e-6) + inputs.float().mean()
         with torch.no_grad():
             self.chosen, self._runner = self._choose(network, example)
-        self._key = _weights_key(network)
         return self._runner
 
     @staticmethod
