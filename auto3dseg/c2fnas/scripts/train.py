@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
+import yaml
 from monai.bundle import ConfigParser
+
+from networks.fileio import atomic_write, atomic_write_json
 
 STAGES = {  # stage -> its configs in the bundle, in the order they run
     "search_coarse": ["search_coarse.json"],
@@ -76,7 +79,6 @@ def task_view(settings: Dict[str, Any]) -> Path:
         raise ValueError(f"{settings['data_list_file']}: fold {fold} leaves {len(training)} training and "
                          f"{len(validation)} validation cases; each needs at least one")  # fmt: skip
     view = Path(settings["algo_dir"]) / "task"
-    view.mkdir(parents=True, exist_ok=True)
     meta = {"name": datalist.get("name", "auto3dseg"), "labels": labels, "modality": modality}
     meta.update({"training": training + validation, "test": []})
     split = "$SplitList(@fold_{})"  # the bundle's own split type: a stage then resumes its state
@@ -86,10 +88,8 @@ def task_view(settings: Dict[str, Any]) -> Path:
         "fold_validation": validation,
     }
     layer.update({"train_datalist": split.format("training"), "val_datalist": split.format("validation")})
-    for name, content in (("dataset.json", meta), ("fold.json", layer)):
-        temporary = view / f".{name}.tmp"
-        temporary.write_text(json.dumps(content, indent=4))
-        os.replace(temporary, view / name)
+    atomic_write_json(view / "dataset.json", meta)
+    atomic_write_json(view / "fold.json", layer)
     return view
 
 
@@ -153,9 +153,7 @@ def run(config_file: Union[str, Sequence[str]], **override: Any) -> None:
     model = {"ckpt_file": str(out / "models" / "model.pt")}
     extra = {"search_coarse": {}, "search_fine": {}, "train": searched, "evaluate": {**searched, **model}}
     used = {"layers": layers, "overrides": {**where, **budgets}}  # what infer.py builds the same network from
-    temporary = out / ".c2fnas_run.json.tmp"
-    temporary.write_text(json.dumps(used, indent=4))
-    os.replace(temporary, out / "c2fnas_run.json")
+    atomic_write_json(out / "c2fnas_run.json", used)
     for stage, configs in STAGES.items():
         files = common + [str(bundle_root / "configs" / c) for c in configs] + layers
         argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(map(repr, files)) + "]"]
@@ -170,12 +168,9 @@ def run(config_file: Union[str, Sequence[str]], **override: Any) -> None:
             last = [line for line in log.read_text().splitlines() if line.strip()][-1:]
             raise RuntimeError(f"C2FNAS algorithm: the {stage} stage failed (exit {done.returncode}); {log}: {last}")
     report = json.loads((out / "eval" / "dice_per_class.json").read_text())
-    ckpt_path = Path(parser.get_parsed_content("ckpt_path"))
-    ckpt_path.mkdir(parents=True, exist_ok=True)
     progress = [{"best_avg_dice_score": float(report["mean_dice"]), "per_class": report["per_class"]}]
-    temporary = ckpt_path / ".progress.yaml.tmp"
-    ConfigParser.export_config_file(progress, str(temporary), fmt="yaml", default_flow_style=None)
-    os.replace(temporary, ckpt_path / "progress.yaml")
+    ckpt_path = Path(parser.get_parsed_content("ckpt_path"))
+    atomic_write(ckpt_path / "progress.yaml", lambda f: yaml.safe_dump(progress, f), mode="w")
 
 
 if __name__ == "__main__":
