@@ -31,21 +31,10 @@ $(LABEL_STAMP): requirements/label.txt
 
 label-setup: $(LABEL_STAMP)
 
-# The main job on the embedded default data (see README): the whole C2FNAS chain with the CPU profile.
-BUNDLE_RUN := cd bundle && ../$(PY) -m monai.bundle run --config_file
-# Every stage config is merged over configs/common.json; configs/cpu_profile.json is the CPU profile.
-COMMON := configs/common.json
-CPU := configs/cpu_profile.json
-SEARCHED := --arch_file outputs/search/arch_fine.json
+# The main job on the embedded default data (see README): the whole C2FNAS chain with the CPU profile, each stage one
+# `python -m monai.bundle run` (the stages, their config layers and hand-offs: bundle/scripts/stage_chain.py).
 demo: $(STAMP)
-	$(BUNDLE_RUN) "['$(COMMON)','configs/search_coarse.json','$(CPU)']"
-	$(BUNDLE_RUN) "['$(COMMON)','configs/search_fine.json','$(CPU)']"
-	$(BUNDLE_RUN) "['$(COMMON)','configs/train.json','$(CPU)']" $(SEARCHED)
-	$(BUNDLE_RUN) "['$(COMMON)','configs/train.json','configs/evaluate.json','$(CPU)']" $(SEARCHED) --ckpt_file outputs/models/model.pt
-	$(BUNDLE_RUN) "['$(COMMON)','configs/inference.json','$(CPU)']" $(SEARCHED) --ckpt_file outputs/models/model.pt
-	@echo "searched architecture: bundle/outputs/search/arch_fine.json (picture: arch_fine.png)"
-	@echo "validation Dice (search.dice: per class over cases, then mean over classes): $$(cat bundle/outputs/eval/dice_per_class.json | tr -d '\n')"
-	@echo "segmentations: bundle/outputs/inference/"
+	cd bundle && ../$(PY) -m scripts.stage_chain --profile configs/cpu_profile.json
 
 # The default test suite (< 20 min on 2 CPU cores) and the code-style check.
 test: $(STAMP)

@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         dataset_dir = None  # as the benchmark ran it: the bundle's default
     bench = sq.Bench(args.work_dir, dataset_dir, Path(settings["profile"]), True)
     names = sq.parsed(
-        bench.config_files([]), bench.overrides(args.work_dir / "runs" / "search_seed0")
+        bench.config_files("search_coarse"), bench.overrides(args.work_dir / "runs" / "search_seed0")
     ).get_parsed_content("class_names")
     random_names = sorted(n for n in archs if n.startswith("random"))
     ops_names = sorted(n for n in archs if n.startswith("ops"))
@@ -99,14 +99,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
     for seed in sorted(report["search"], key=int):
         overrides = bench.overrides(args.work_dir / "runs" / f"search_seed{seed}", seed=int(seed), **args.overrides)
-        coarse = sq.parsed(bench.config_files([sq.CONFIGS / "search_coarse.json"]), overrides)
+        coarse = sq.parsed(bench.config_files("search_coarse"), overrides)
         searcher = coarse.get_parsed_content("searcher")
         scores[f"coarse {seed}"] = {}
         for n in random_names:
             supernet = searcher.kept_supernet(f"cluster{searcher.space.cluster_of(arch(n).levels)}")
             scores[f"coarse {seed}"][n] = variant_scores(searcher, supernet.path_network(arch(n)), names)
         if seed == "0":
-            fine = sq.parsed(bench.config_files([sq.CONFIGS / "search_fine.json"]), overrides)
+            fine = sq.parsed(bench.config_files("search_fine"), overrides)
             searcher = fine.get_parsed_content("searcher")
             supernet = searcher.kept_supernet("ops")
             scores["fine 0"] = {n: variant_scores(searcher, supernet.path_network(arch(n)), names) for n in ops_names}

@@ -327,11 +327,11 @@ JOBS = {
 def _child_main(spec: dict) -> dict:
     sys.path.insert(0, str(BUNDLE))
     import torch
-    from scripts.runtime import tune_runtime
+    from scripts.device_tuning import tune_device
 
     device = torch.device(spec.pop("device"))
     if spec.pop("tuned", True):
-        tune_runtime(device)
+        tune_device(device)
     return JOBS[spec.pop("job")](device, **spec)
 
 
@@ -364,7 +364,7 @@ def section_inference(args, found: dict) -> None:
     found["conv_peak"] = peak
     variants = [
         ("plain PyTorch (nn.Upsample, default malloc)", dict(plain=True, tuned=False, runtime="monai")),
-        ("+ tuned allocator (scripts.runtime)", dict(plain=True, tuned=True, runtime="monai")),
+        ("+ tuned allocator (scripts.device_tuning)", dict(plain=True, tuned=True, runtime="monai")),
         ("+ TrilinearUpsample2x: torch", dict(runtime="torch")),
         ("torch, channels_last_3d", dict(runtime="torch_channels_last")),
         ("openvino", dict(runtime="openvino")),
@@ -493,12 +493,13 @@ def section_cost(args, found: dict) -> None:
     from monai.bundle import ConfigParser
 
     sys.path.insert(0, str(BUNDLE))
+    from scripts import stage_chain
     from scripts.inference_runtime import count_windows
 
-    def merged(stage: str) -> dict:  # a stage config over common.json, as `monai.bundle run` merges them
-        return ConfigParser.load_config_files([str(BUNDLE / "configs" / name) for name in ("common.json", stage)])
+    def merged(stage: str) -> dict:  # a stage's configs, as `monai.bundle run` merges them
+        return ConfigParser.load_config_files(stage_chain.config_files(stage, BUNDLE))
 
-    coarse, fine, train = merged("search_coarse.json"), merged("search_fine.json"), merged("train.json")
+    coarse, fine, train = merged("search_coarse"), merged("search_fine"), merged("train")
     cases, shape = args.cases, args.case_shape
     val = int(round(cases * train["val_fraction"]))
     iterations_per_epoch = -(-(cases - val) // train["batch_size"])
@@ -553,24 +554,12 @@ def section_cost(args, found: dict) -> None:
 
 def section_e2e(args, found: dict) -> None:
     out = Path(tempfile.mkdtemp(prefix="c2fnas-e2e-"))
-    run = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    cpu = "configs/cpu_profile.json"
-    common = "configs/common.json"
-    where = ["--output_dir", str(out)]
-    searched = ["--arch_file", str(out / "search/arch_fine.json")]
-    model = ["--ckpt_file", str(out / "models/model.pt")]
+    sys.path.insert(0, str(BUNDLE))
+    from scripts import stage_chain
+
+    profile = [BUNDLE / stage_chain.CPU_PROFILE]  # make demo's chain, into a temporary output_dir
     stages = {
-        "search_coarse": [*run, f"['{common}','configs/search_coarse.json','{cpu}']", *where],
-        "search_fine": [*run, f"['{common}','configs/search_fine.json','{cpu}']", *where],
-        "train": [*run, f"['{common}','configs/train.json','{cpu}']", *where, *searched],
-        "evaluate": [
-            *run,
-            f"['{common}','configs/train.json','configs/evaluate.json','{cpu}']",
-            *where,
-            *searched,
-            *model,
-        ],
-        "inference": [*run, f"['{common}','configs/inference.json','{cpu}']", *where, *searched, *model],
+        s.name: stage_chain.command(s.name, BUNDLE, profile, {"output_dir": str(out)}) for s in stage_chain.STAGES
     }
     total = time.perf_counter()
     try:
@@ -636,7 +625,7 @@ def section_dice(args, found: dict) -> None:
             arch_file = work / "configs" / "searched_seed0.json"
             save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
             overrides["arch_file"] = str(arch_file)
-        parser = sq.parsed(bench.config_files([BUNDLE / "configs" / "train.json"], extra), overrides)
+        parser = sq.parsed(bench.config_files("train", extra), overrides)
         return parser.get_parsed_content("network_def"), parser.get_parsed_content("roi_size")
 
     print("embedded data, CPU profile, equal training wall time (epochs calibrated by short real trainings):")

@@ -85,6 +85,14 @@ def bundle_importable() -> None:
         sys.path.insert(0, str(BUNDLE))
 
 
+def stage_chain():
+    """The bundle's stage chain (``scripts.stage_chain``): every part runs the bundle's stages through it."""
+    bundle_importable()
+    from scripts import stage_chain as chain
+
+    return chain
+
+
 def machine() -> Dict[str, Any]:
     """CPU model, usable cores, Python and torch versions."""
     import torch
@@ -123,9 +131,21 @@ class Bench:
     """Runs the bundle's configs as subprocesses and keeps each finished part with the inputs it depends on."""
 
     def __init__(
-        self, work_dir: Path, dataset_dir: Optional[Path], profile: Path, reuse: bool, max_epochs: Optional[int] = None
+        self,
+        work_dir: Path,
+        dataset_dir: Optional[Path],
+        profile: Path,
+        reuse: bool,
+        max_epochs: Optional[int] = None,
+        records_dir: Optional[Path] = None,
+        dataset_key: Optional[Any] = None,
     ):
+        """Parts run in ``work_dir/runs`` and are recorded in ``records_dir`` (default ``work_dir/parts``). A record
+        depends on ``dataset_key`` (default: the dataset's path), so records of a generated dataset, keyed by what
+        generates it, hold on another checkout or machine of the same kind."""
         self.work_dir, self.dataset_dir, self.profile, self.reuse = work_dir, dataset_dir, profile, reuse
+        self.records_dir = records_dir or work_dir / "parts"
+        self.dataset_key = str(dataset_dir) if dataset_key is None else dataset_key
         # the stand-alone training budget: the profile's, or max_epochs (its trainings, report and pictures then
         # carry the tag "_e<max_epochs>", so they sit beside the profile-budget ones and share the searches)
         self.max_epochs = max_epochs
@@ -133,8 +153,9 @@ class Bench:
         self.machine = machine()
         self.reused: List[str] = []
 
-    def config_files(self, stage_configs: Sequence[Path], extra: Sequence[Path] = ()) -> List[Path]:
-        return [CONFIGS / "common.json", *stage_configs, self.profile, *extra]
+    def config_files(self, stage: str, extra: Sequence[Path] = ()) -> List[str]:
+        """The configs stage ``stage`` of the bundle's chain merges, with the profile and ``extra`` last."""
+        return stage_chain().config_files(stage, BUNDLE, [self.profile, *extra])
 
     def overrides(self, output_dir: Path, **more: Any) -> Dict[str, Any]:
         found = {"bundle_root": str(BUNDLE), "output_dir": str(output_dir)}
@@ -142,15 +163,13 @@ class Bench:
             found["dataset_dir"] = str(self.dataset_dir)
         return {**found, **more}
 
-    def bundle_run(self, log: Path, files: Sequence[Path], overrides: Dict[str, Any]) -> float:
-        """``python -m monai.bundle run`` over ``files`` with ``overrides`` from the bundle folder; returns its wall
-        time. Its output goes to ``log``; a failure raises naming the log and its last line. The time spent so far
-        is kept beside the log every few seconds, so a resumed search (killed, then run again) counts all of it."""
-        argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-        argv += ["[" + ",".join(f"'{f}'" for f in files) + "]"]
+    def bundle_run(self, log: Path, stage: str, overrides: Dict[str, Any], extra: Sequence[Path] = ()) -> float:
+        """Stage ``stage`` of the bundle's chain (``python -m monai.bundle run``, its hand-offs, then ``overrides``)
+        from the bundle folder; returns its wall time. Its output goes to ``log``; a failure raises naming the log
+        and its last line. The time spent so far is kept beside the log every few seconds, so a resumed search
+        (killed, then run again) counts all of it."""
+        argv = stage_chain().command(stage, BUNDLE, [self.profile, *extra], overrides)
         argv += ["--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf")]
-        for key, value in overrides.items():
-            argv += [f"--{key}", value if isinstance(value, str) else repr(value)]
         log.parent.mkdir(parents=True, exist_ok=True)
         elapsed_file = log.with_suffix(".elapsed")
         before = float(elapsed_file.read_text()) if elapsed_file.exists() else 0.0
@@ -173,9 +192,9 @@ class Bench:
         """The result of part ``name``: reused from ``parts/<name>.json`` when its ``inputs`` are unchanged, else
         ``run(folder)``. A part that did not finish restarts in an empty folder, unless it is ``resumable`` (a
         search: the bundle resumes it from its saved state) and was started with the same inputs."""
-        inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": str(self.dataset_dir)}
+        inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
         key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-        record_file = self.work_dir / "parts" / f"{name}.json"
+        record_file = self.records_dir / f"{name}.json"
         folder = self.work_dir / "runs" / name
         if self.reuse and record_file.exists():
             record = json.loads(record_file.read_text())
@@ -203,8 +222,9 @@ def config_inputs(files: Sequence[Path], drop_search: bool = False) -> Dict[str,
     if not drop_search:
         return merged
     search_ids = {"search_settings", "searcher"}
-    for stage in ("search_coarse.json", "search_fine.json"):
-        search_ids |= {k.lstrip("+") for k in json.loads((CONFIGS / stage).read_text())} - {"run"}
+    for stage in ("search_coarse", "search_fine"):
+        for layer in stage_chain().stage(stage).layers:
+            search_ids |= {k.lstrip("+") for k in json.loads((BUNDLE / layer).read_text())} - {"run"}
     while True:
         readers = {k: {r for r, v in merged.items() if r != k and f"@{k}" in json.dumps(v)} for k in merged}
         more = {k for k, users in readers.items() if k not in search_ids and users and users <= search_ids}
@@ -230,14 +250,14 @@ def parsed(files: Sequence[Path], overrides: Dict[str, Any]):
 
 def search_part(bench: Bench, seed: int) -> Dict[str, Any]:
     """Coarse and fine search with ``seed``, keeping their supernets."""
-    coarse = bench.config_files([CONFIGS / "search_coarse.json"])
-    fine = bench.config_files([CONFIGS / "search_fine.json"])
+    coarse, fine = bench.config_files("search_coarse"), bench.config_files("search_fine")
 
     def run(folder: Path) -> Dict[str, Any]:
         overrides = bench.overrides(folder, seed=seed, keep_supernets=True)
-        wall_coarse = bench.bundle_run(folder / "coarse.log", coarse, overrides)
-        wall_fine = bench.bundle_run(folder / "fine.log", fine, overrides)
-        arch = json.loads((folder / "search" / "arch_fine.json").read_text())
+        wall_coarse = bench.bundle_run(folder / "coarse.log", "search_coarse", overrides)
+        wall_fine = bench.bundle_run(folder / "fine.log", "search_fine", overrides)
+        found = parsed(fine, overrides).get_parsed_content("searched_arch_file")  # the chain's hand-off
+        arch = json.loads(Path(found).read_text())
         return {"seed": seed, "arch": arch, "wall_s": {"coarse": wall_coarse, "fine": wall_fine}}
 
     inputs = {"configs": [config_inputs(coarse), config_inputs(fine)], "seed": seed, "code": code_digest(SEARCH_CODE)}
@@ -249,22 +269,21 @@ def train_part(
 ) -> Dict[str, Any]:
     """Train one network alone with ``train.json`` (``arch`` for C2FNAS, or a network override in ``extra``) and
     evaluate its best checkpoint with ``evaluate.json``; the Dice is ``eval/dice_per_class.json``."""
-    from networks import Architecture, save_architecture
+    from networks import DEFAULT_ARCHITECTURE_FILE, Architecture, save_architecture
 
-    train = bench.config_files([CONFIGS / "train.json"], extra)
-    evaluate = bench.config_files([CONFIGS / "train.json", CONFIGS / "evaluate.json"], extra)
+    train, evaluate = bench.config_files("train", extra), bench.config_files("evaluate", extra)
     if bench.max_epochs is not None:
         budget = {"max_epochs": bench.max_epochs, **budget}
 
     def run(folder: Path) -> Dict[str, Any]:
         overrides = bench.overrides(folder, seed=seed, **budget)
+        overrides["arch_file"] = str(DEFAULT_ARCHITECTURE_FILE)  # unused by a network override in extra
         if arch is not None:
             arch_file = folder / "architecture.json"
             save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
             overrides["arch_file"] = str(arch_file)
-        wall_train = bench.bundle_run(folder / "train.log", train, overrides)
-        overrides["ckpt_file"] = str(folder / "models" / "model.pt")
-        wall_eval = bench.bundle_run(folder / "evaluate.log", evaluate, overrides)
+        wall_train = bench.bundle_run(folder / "train.log", "train", overrides, extra)
+        wall_eval = bench.bundle_run(folder / "evaluate.log", "evaluate", overrides, extra)  # the trained weights
         report = json.loads((folder / "eval" / "dice_per_class.json").read_text())
         return {"dice": report["mean_dice"], "per_class": report["per_class"], "wall_s": wall_train + wall_eval}
 
@@ -278,7 +297,7 @@ def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], 
     from networks import Architecture, enumerate_topologies
     from search.space import random_ops
 
-    parser = parsed(bench.config_files([CONFIGS / "search_coarse.json"]), {"bundle_root": str(BUNDLE)})
+    parser = parsed(bench.config_files("search_coarse"), {"bundle_root": str(BUNDLE)})
     cells, low, high = (parser.get_parsed_content(k) for k in ("num_cells", "min_depth", "max_depth"))
     ops = parser.get_parsed_content("search_settings").ops
     topologies = enumerate_topologies(cells, 4, low, high)
@@ -303,7 +322,7 @@ def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> 
         start, found = time.perf_counter(), {"coarse": {}, "fine": {}}
         for seed in seeds:
             overrides = bench.overrides(bench.work_dir / "runs" / f"search_seed{seed}", seed=seed)
-            coarse = parsed(bench.config_files([CONFIGS / "search_coarse.json"]), overrides)
+            coarse = parsed(bench.config_files("search_coarse"), overrides)
             searcher = coarse.get_parsed_content("searcher")
             found["coarse"][str(seed)] = {
                 name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
@@ -311,7 +330,7 @@ def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> 
                 if not name.startswith("ops")
             }
             if seed == seeds[0]:
-                fine = parsed(bench.config_files([CONFIGS / "search_fine.json"]), overrides)
+                fine = parsed(bench.config_files("search_fine"), overrides)
                 searcher = fine.get_parsed_content("searcher")
                 found["fine"] = {
                     name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
@@ -322,9 +341,7 @@ def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> 
         return found
 
     inputs = {"archs": archs, "seeds": list(seeds), "code": code_digest(SEARCH_CODE)}
-    inputs["searches"] = [
-        json.loads((bench.work_dir / "parts" / f"search_seed{s}.json").read_text())["key"] for s in seeds
-    ]
+    inputs["searches"] = [json.loads((bench.records_dir / f"search_seed{s}.json").read_text())["key"] for s in seeds]
     return bench.part("fitness", inputs, run)
 
 
@@ -367,7 +384,7 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
     from networks import Architecture, save_architecture
 
     def run(folder: Path) -> Dict[str, Any]:
-        budget = parsed(bench.config_files([CONFIGS / "train.json"]), {"bundle_root": str(BUNDLE)})
+        budget = parsed(bench.config_files("train"), {"bundle_root": str(BUNDLE)})
         epochs, interval = budget.get_parsed_content("max_epochs"), budget.get_parsed_content("val_interval")
         epochs = bench.max_epochs or epochs
         validations = epochs // interval
@@ -379,10 +396,9 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
         for name in ("searched", *BASELINES):
             extra = [] if name == "searched" else [baseline_config(bench, name)]
             overrides = bench.overrides(folder / name, **short)
-            if name == "searched":
-                overrides["arch_file"] = str(arch_file)
+            overrides["arch_file"] = str(arch_file)  # unused by a network override in extra
             log = folder / name / "train.log"
-            bench.bundle_run(log, bench.config_files([CONFIGS / "train.json"], extra), overrides)
+            bench.bundle_run(log, "train", overrides, extra)
             timed[name] = epoch_seconds(log)
         target = epochs * timed["searched"]["epoch"] + validations * timed["searched"]["validation"]
         found: Dict[str, Any] = {"searched": {**timed["searched"], "max_epochs": epochs, "val_interval": interval}}
@@ -399,7 +415,7 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
             }
         return found
 
-    configs = config_inputs(bench.config_files([CONFIGS / "train.json"]), drop_search=True)
+    configs = config_inputs(bench.config_files("train"), drop_search=True)
     inputs = {"configs": configs, "arch": searched, "baselines": BASELINES, "code": code_digest(TRAIN_CODE)}
     inputs["method"] = f"short real trainings, {CALIBRATION_EPOCHS} epochs"
     inputs["max_epochs"] = bench.max_epochs

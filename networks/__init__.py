@@ -15,7 +15,7 @@ from networks.architecture import (
     topology_error,
     topology_wiring,
 )
-from networks.c2fnas import C2FNASNet, as_architecture, level_channels
+from networks.c2fnas import PATCH_DIVISOR, C2FNASNet, as_architecture, level_channels
 from networks.supernet import C2FNASSupernet, SupernetNode
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT",
     "NUM_LEVELS",
     "OPS",
+    "PATCH_DIVISOR",
     "Architecture",
     "ArchitectureError",
     "CellWiring",

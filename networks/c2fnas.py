@@ -14,7 +14,11 @@ from typing import Any, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from networks.architecture import OPS, Architecture, ArchitectureError, load_architecture, topology_wiring
+from networks.architecture import NUM_LEVELS, OPS, Architecture, ArchitectureError, load_architecture, topology_wiring
+
+# Input sides that are multiples of this fit every network of the family: a network's own ``size_divisor`` is
+# 2 ** its deepest level, at most 2 ** NUM_LEVELS. Patches (the plan's ``roi_size``) are chosen as such multiples.
+PATCH_DIVISOR: int = 2**NUM_LEVELS
 
 __all__ = [
     "C2FNASNet",

@@ -1,16 +1,11 @@
 """The one Dice of this project: search fitness, checkpoint selection, evaluation reports and benchmarks all use it.
 
-Definition (foreground classes only):
-
-1. per case and class: ``2 |P ∩ L| / (|P| + |L|)``; when the class is absent from both the prediction and the label
-   the case says nothing about that class and gives NaN (not 1, not 0). A class predicted where the label has none
-   gives 0, so false positives count;
-2. per class: the mean over the cases that gave a value;
-3. the mean Dice: the mean over the foreground classes that have a value; NaN when no class has one.
-
-So a rare class (a tumour present in few cases) weighs as much as a common one, and a case does not weigh more
-because it holds more classes. MONAI's ``DiceMetric`` averages each case over classes first (``reduction="mean"``)
-and, with ``ignore_empty``, ignores false positives on classes a label lacks; neither matches this definition.
+Its definition is ``DICE_DEFINITION`` below, written once: every report carries it and the method document
+(``bundle/docs/method.md``) quotes it. A per-case value is NaN (not 1, not 0) where a class is absent from both the
+prediction and the label, and the mean Dice is NaN when no class has a value. So a rare class (a tumour present in
+few cases) weighs as much as a common one, and a case does not weigh more because it holds more classes. MONAI's
+``DiceMetric`` averages each case over classes first (``reduction="mean"``) and, with ``ignore_empty``, ignores
+false positives on classes a label lacks; neither matches this definition.
 """
 
 from __future__ import annotations
@@ -32,8 +27,9 @@ __all__ = [
 ]
 
 DICE_DEFINITION = (
-    "foreground classes; per case 2 |P and L| / (|P| + |L|), no value where a class is absent from both prediction and "
-    "label; per class the mean over cases with a value; mean Dice = mean over classes with a value"
+    "foreground classes only; per case and class 2 |P ∩ L| / (|P| + |L|), no value where the class is absent from "
+    "both the prediction and the label (a class predicted where the label has none gives 0); per class, the mean "
+    "over the cases with a value; the mean Dice is the mean over the classes with a value"
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from monai.transforms import Compose, EnsureTyped, RandFlipd
+from scripts import stage_chain  # the bundle's package (pytest puts bundle/ on the path)
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -37,10 +38,7 @@ def launch(args, cwd, torchrun=False, wait=True, timeout=900):
 def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True, check=True):
     """``python -m monai.bundle COMMAND ARGS --key value ...`` through ``launch``. With ``check`` asserts success and
     returns stdout + stderr; otherwise returns ``(returncode, stdout, stderr)`` (or the ``Popen`` without ``wait``)."""
-    argv = ["-m", "monai.bundle", command, *map(str, args)]
-    for key, value in (overrides or {}).items():
-        text = value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)
-        argv += [f"--{key}", text]  # fire reads Python literals: True/False, not JSON's true/false
+    argv = ["-m", "monai.bundle", command, *map(str, args), *stage_chain.override_args(overrides or {})]
     done = launch(argv, cwd, torchrun=torchrun, wait=wait)
     if not wait:
         return done
@@ -51,15 +49,25 @@ def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True,
 
 
 def bundle_run(configs, cwd, overrides=None, profile=TINY_PROFILE, **kwargs):
-    """The one way the tests run a stage: ``python -m monai.bundle run`` over ``common.json``, the stage ``configs``
-    (names in ``bundle/configs`` or paths) and ``profile`` (the tiny test profile unless None), with overrides.
-    Other keyword arguments as ``monai_bundle``."""
-    files = [CONFIGS / "common.json"] + [Path(c) if os.path.isabs(str(c)) else CONFIGS / c for c in configs]
-    files += [profile] if profile is not None else []
+    """The one way the tests run configs: ``python -m monai.bundle run`` over ``common.json``, ``configs`` (names in
+    ``bundle/configs`` or paths) and ``profile`` (the tiny test profile unless None), with overrides. Other keyword
+    arguments as ``monai_bundle``. ``stage_run`` runs a stage of the chain."""
+    files = [BUNDLE / stage_chain.COMMON] + [Path(c) if os.path.isabs(str(c)) else CONFIGS / c for c in configs]
+    return _run_files(files + ([profile] if profile is not None else []), cwd, overrides, **kwargs)
+
+
+def stage_run(stage, cwd, overrides=None, profile=TINY_PROFILE, extra=(), **kwargs):
+    """Stage ``stage`` of the bundle's chain (``scripts.stage_chain``: its layers and hand-offs) as a user runs it,
+    with ``extra`` configs and ``profile`` (the tiny test profile unless None) as the last layers."""
+    files = stage_chain.config_files(stage, BUNDLE, [*extra, *([profile] if profile is not None else [])])
+    return _run_files(files, cwd, {**stage_chain.stage(stage).handoff, **(overrides or {})}, **kwargs)
+
+
+def _run_files(files, cwd, overrides, **kwargs):
     return monai_bundle(
         "run",
         "--config_file",
-        "[" + ",".join(f"'{f}'" for f in files) + "]",
+        json.dumps([str(f) for f in files]),
         "--meta_file",
         CONFIGS / "metadata.json",
         "--logging_file",

@@ -1,4 +1,4 @@
-"""Bad input: each row of the bundle's bad-input table (bundle/docs/README.md) through `python -m monai.bundle run`.
+"""Bad input: each row of the bundle's bad-input table (bundle/docs/faults.md) through `python -m monai.bundle run`.
 The stage exits non-zero, its last line is one message naming the file (or setting) and the problem, and it
 leaves no output behind."""
 

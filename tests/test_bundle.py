@@ -177,7 +177,7 @@ def test_release_zip_is_deterministic_and_downloads(dataset, release, tmp_path):
     assert all(n.startswith(f"{NAME}/") for n in names)
     for needed in ["configs/metadata.json", "configs/inference.json", "LICENSE", "models/architecture.json",
                    "models/model.pt", "scripts/__init__.py", "networks/c2fnas.py",
-                   "search/stages.py"]:  # fmt: skip
+                   "search/coarse_search.py"]:  # fmt: skip
         assert f"{NAME}/{needed}" in names, needed
     assert f"{NAME}/large_files.yml" not in names  # as model-zoo releases: the listed files are inside
     assert not [n for n in names if "__pycache__" in n or "/outputs/" in n or "/data/" in n]
@@ -187,7 +187,7 @@ def test_release_zip_is_deterministic_and_downloads(dataset, release, tmp_path):
         url = f"{base}/{zip_path.name}"
         monai_bundle("download", "--name", NAME, "--bundle_dir", downloads, "--url", url, cwd=tmp_path)
     downloaded = downloads / NAME
-    assert (downloaded / "networks" / "c2fnas.py").is_file() and (downloaded / "search" / "stages.py").is_file()
+    assert (downloaded / "networks" / "c2fnas.py").is_file() and (downloaded / "search" / "coarse_search.py").is_file()
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # the downloaded bundle as shipped: its own weights, default settings
@@ -291,8 +291,8 @@ def test_release_checks_large_files_and_leaves_out_their_list(tmp_path):
 
 _PAGE_FAULTS = """
 import resource, sys, torch
-from scripts.runtime import tune_runtime  # run from the bundle root
-tuned = tune_runtime("cpu") if sys.argv[1] == "tuned" else False
+from scripts.device_tuning import tune_device  # run from the bundle root
+tuned = tune_device("cpu") if sys.argv[1] == "tuned" else False
 faults = []
 for _ in range(20):  # a 3D network allocates and frees activations of the same sizes again and again
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -305,7 +305,7 @@ print(tuned, sum(faults[-5:]))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator tuning is for glibc")
 def test_tuned_cpu_allocator_reuses_freed_memory():
-    """After ``tune_runtime('cpu')`` freed activation-sized blocks are reused: once the heap has settled (about 6
+    """After ``tune_device('cpu')`` freed activation-sized blocks are reused: once the heap has settled (about 6
     rounds here), new tensors of the same sizes cause no page faults. Without it every round's 192 MB is faulted in
     again from the kernel (49,152 pages of 4 KiB)."""
     results = {}

@@ -66,3 +66,19 @@ def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_pa
     assert report["cases"] == 2
     counted = [v for v in report["per_class"].values() if v == v]
     assert report["mean_dice"] == pytest.approx(sum(counted) / len(counted))
+
+
+def test_the_method_document_quotes_the_one_definition():
+    """The Dice is defined once, ``DICE_DEFINITION`` (every report carries it); method.md quotes it word for word and
+    the README and the model card only link to it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    method = (root / "bundle" / "docs" / "method.md").read_text()
+    section = method[method.index("## The bundle's Dice") :].split("\n## ")[0]
+    quote = " ".join(line[1:].strip() for line in section.splitlines() if line.startswith(">"))
+    assert quote == DICE_DEFINITION
+    for doc in [root / "README.md", root / "bundle" / "docs" / "README.md"]:
+        text = doc.read_text()
+        assert "method.md" in text, doc
+        assert "|P ∩ L|" not in text and "|P∩L|" not in text, f"{doc} writes the Dice out again"

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import BUNDLE, TINY_PROFILE, bundle_run
+from helpers import BUNDLE, TINY_PROFILE, bundle_run, stage_run
 
 from benchmarks import tasks
 
@@ -58,23 +58,24 @@ def test_whole_chain_on_any_task(task_datasets, tmp_path, task):
     assert f"classes {', '.join(expected['classes'])}" in log
     before = (out / "plan.json").read_bytes()
 
-    bundle_run(["search_coarse.json"], tmp_path, common)
+    stage_run("search_coarse", tmp_path, common)
     assert (out / "search" / "arch_coarse.json").is_file() and (out / "search" / "arch_coarse.png").is_file()
-    bundle_run(["search_fine.json"], tmp_path, common)
+    stage_run("search_fine", tmp_path, common)
     arch = json.loads((out / "search" / "arch_fine.json").read_text())
     coarse = json.loads((out / "search" / "arch_coarse.json").read_text())
     assert arch["levels"] == coarse["levels"] and len(arch["ops"]) == len(coarse["levels"])
-    arch_file = str(out / "search" / "arch_fine.json")
-    log = bundle_run(["train.json"], tmp_path, {**common, "arch_file": arch_file})
+    log = stage_run("train", tmp_path, common)  # the chain hands each stage what the ones before it wrote
     assert "validation Dice on 1 cases" in log and all(name in log for name in expected["classes"])
     ckpt = out / "models" / "model.pt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["stem.0.weight"].shape[1] == len(expected["modalities"]), "the network takes the task's channels"
     assert (out / "models" / "plan.json").read_bytes() == before, "the plan travels with the weights"
-    bundle_run(["train.json", "evaluate.json"], tmp_path, {**common, "arch_file": arch_file, "ckpt_file": str(ckpt)})
+    trained = torch.load(out / "models" / "training_state.pt", map_location="cpu", weights_only=True)["settings"]
+    assert trained["architecture"]["ops"] == arch["ops"], "training took the searched architecture"
+    stage_run("evaluate", tmp_path, common)
     report = json.loads((out / "eval" / "dice_per_class.json").read_text())
     assert list(report["per_class"]) == expected["classes"] and report["cases"] == 1
-    bundle_run(["inference.json"], tmp_path, {**common, "arch_file": arch_file, "ckpt_file": str(ckpt)})
+    stage_run("inference", tmp_path, common)
     (image,) = sorted((dataset / "imagesTs").glob("*.nii.gz"))
     (seg,) = sorted((out / "inference").glob("*_seg.nii.gz"))
     source, result = nib.load(str(image)), nib.load(str(seg))

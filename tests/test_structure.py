@@ -59,8 +59,8 @@ def test_each_setting_is_defined_once():
         for key in keys:
             if key in ("run",) and name != "common.json":
                 continue  # each stage's own workflow entry
-            if key == "plan" and name == "inference.json":
-                continue  # inference reads the plan of its weights, not one made from the data
+            if key in ("plan", "load_keys") and name == "inference.json":
+                continue  # inference reads the plan of its weights, not one made from the data, and images only
             assert key.lstrip("+") not in defined or key.startswith("+"), (key, name, defined.get(key))
             defined.setdefault(key.lstrip("+"), name)
     everything = set().union(*(_ids(json.loads((CONFIGS / n).read_text())) for n in BASE_LAYERS))
@@ -103,3 +103,102 @@ def test_search_settings_are_checked_where_they_are_consumed(tmp_path):
     with pytest.raises(SearchSettingsError, match="search setting 'cluster_iterations'.*less than the minimum of 0"):
         CoarseSearch(settings, data, data, preprocessing=lambda x: x, cluster_iterations=-1)
     assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_one_version_source():
+    """metadata.json's version is the one source: pyproject.toml, the changelog, the release name and every version
+    the README and docs name agree with it."""
+    import re
+
+    from release import NAME
+
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    version = metadata["version"]
+    assert re.findall(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), flags=re.M) == [version]
+    assert max(metadata["changelog"], key=lambda v: tuple(map(int, v.split(".")))) == version
+    changelog = re.findall(r"^## (\d+\.\d+\.\d+)$", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
+    assert changelog[0] == version and set(changelog) == set(metadata["changelog"]), changelog
+    docs = [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(BUNDLE / "docs").glob("*.md")]
+    named = {m for doc in docs for m in re.findall(re.escape(NAME) + r"_v(\d+\.\d+\.\d+)\.zip", doc.read_text())}
+    assert named <= {version}, f"documents name release zips of versions {sorted(named)}, not {version}"
+
+
+def _layout_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme[readme.index("\n## Layout\n") : readme.index("\n## ", readme.index("\n## Layout\n") + 1)]
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout section points at one file per concept, every file it names exists, and every module of
+    the packages (networks, search, the bundle's scripts, the benchmarks, the Auto3DSeg template) is named."""
+    import re
+
+    section = _layout_section()
+    concepts = {"network", "supernet", "architecture rules", "coarse search", "fine search", "plan"}
+    concepts |= {"training recipe", "inference runtime", "Dice", "stage chain"}
+    rows = dict(re.findall(r"^\| the ([^|(]+?)(?: \([^|]*\))? \| `([^`]+)` \|$", section, flags=re.M))
+    assert concepts <= set(rows), sorted(concepts - set(rows))
+    for path in rows.values():
+        assert (ROOT / path).is_file(), path
+    packages = {
+        "networks/": ROOT / "networks",
+        "search/": ROOT / "search",
+        "bundle/scripts/": BUNDLE / "scripts",
+        "benchmarks/": ROOT / "benchmarks",
+        "auto3dseg/c2fnas/scripts/": ROOT / "auto3dseg" / "c2fnas" / "scripts",
+    }
+    for name, folder in packages.items():
+        row = re.search(r"^\| `" + re.escape(name) + r"`[^|]*\| (.+) \|$", section, flags=re.M)
+        assert row, f"no layout row for {name}"
+        listed = set(re.findall(r"`([\w]+\.py)`", row.group(1)))
+        present = {p.name for p in folder.glob("*.py")}
+        assert listed == present, (name, sorted(listed - present), sorted(present - listed))
+
+
+def test_a_stage_config_alone_names_the_command(tmp_path):
+    """Every stage config of the chain (and plan.json), run alone from the bundle root as a model-zoo user would,
+    stops at once with one line naming the command with the layers it needs; evaluate.json needs train.json too."""
+    from scripts import stage_chain
+
+    names = [layer for stage in stage_chain.STAGES for layer in stage.layers[-1:]] + ["configs/plan.json"]
+    assert len(names) == 6
+    for name in names:
+        done = launch(["-m", "monai.bundle", "run", "--config_file", name], BUNDLE)
+        assert done.returncode != 0
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"SettingsError: {name} is a layer over configs/common.json"), last
+        assert json.dumps(stage_chain.required_layers(name)) in last, last
+        assert "Traceback" not in done.stderr
+    last = launch(["-m", "monai.bundle", "run", "--config_file", "configs/evaluate.json"], BUNDLE).stderr.splitlines()
+    assert '["configs/common.json", "configs/train.json", "configs/evaluate.json"]' in last[-1]
+    files = json.dumps([str(CONFIGS / "common.json"), str(CONFIGS / "evaluate.json")])
+    done = launch(["-m", "monai.bundle", "run", "--config_file", files, "--output_dir", str(tmp_path / "out")], BUNDLE)
+    assert done.returncode != 0 and "is a layer over configs/train.json" in done.stderr.strip().splitlines()[-1]
+
+
+def test_the_stage_chain_is_declared_once():
+    """The stage chain's commands carry the hand-offs as config ids, and the Makefile, the Auto3DSeg template, the
+    tests' runner and both benchmarks name no stage output path or stage config themselves."""
+    import re
+
+    from scripts import stage_chain
+
+    argv = stage_chain.command("evaluate", "/b", ["p.json"], {"output_dir": "/o", "max_epochs": 3, "restart": True})
+    files = json.loads(argv[argv.index("--config_file") + 1])
+    assert files == ["/b/configs/common.json", "/b/configs/train.json", "/b/configs/evaluate.json", "p.json"]
+    options = dict(zip(argv[argv.index("--config_file") + 2 :: 2], argv[argv.index("--config_file") + 3 :: 2]))
+    assert options == {
+        "--arch_file": "@searched_arch_file",
+        "--ckpt_file": "@trained_ckpt_file",
+        "--output_dir": "/o",
+        "--max_epochs": "3",
+        "--restart": "True",
+    }
+    common = json.loads((CONFIGS / "common.json").read_text())
+    assert {"searched_arch_file", "trained_ckpt_file"} <= set(common)
+    callers = ["Makefile", "benchmarks/performance.py", "benchmarks/search_quality.py", "tests/helpers.py"]
+    callers += [str(p.relative_to(ROOT)) for p in (ROOT / "auto3dseg" / "c2fnas" / "scripts").glob("*.py")]
+    for caller in callers:
+        text = (ROOT / caller).read_text()
+        assert not re.search(r"[/'\"](arch_fine\.json|model\.pt)", text), caller  # hand-offs by config id
+        assert not re.search(r"['\"/](search_coarse|search_fine|train|evaluate|inference)\.json['\"]", text), caller

@@ -4,18 +4,9 @@
 first step of a stage's ``run``) and checks, on every later use, that the saved one was made from the same data and
 planning settings. The bundle's embedded default data takes the shipped recipe instead (``models/plan.json``, adapted
 to the profile): the shipped weights were trained on it. ``load_plan`` reads the plan that weights were trained
-with. A plan holds (format ``c2fnas-plan/1``, schema ``plan.schema.json`` beside this file):
-
-- ``class_names`` / ``labels``: from dataset.json ``labels``, each foreground class found in some training label;
-- ``in_channels`` / ``modalities``: from dataset.json ``modality`` (4D images hold the channels on their last axis);
-- ``spacing``: the median spacing; where one axis is much coarser (``ANISOTROPY`` times the others, and as many
-  times fewer voxels), nnU-Net's rule: that axis takes the 10th percentile of its spacings instead;
-  ``pixdim`` is that spacing, coarsened to ``min_spacing`` per axis when a profile sets one;
-- ``roi_size``: the resampled median shape, rounded down to the network's divisor ``DIVISOR``, within
-  ``[DIVISOR, max_roi_size]`` per axis, and never ``DIVISOR`` on every axis (one voxel at the deepest level);
-- ``intensity``: per channel, CT: clip to the foreground 0.5-99.5 percentiles, then the foreground mean/std; any
-  other modality: z-score per image over its non-zero voxels;
-- ``summary``: what the analysis saw (cases, shapes, spacings, class voxel fractions).
+with. A plan (format ``c2fnas-plan/1``, schema ``plan.schema.json`` beside this file) holds the classes, channels,
+spacing, patch and intensity normalisation of a task; the rules that decide each are described once, in
+``docs/method.md`` ("The plan"), and made here.
 
 ``plan_from_stats`` turns ``DataAnalyzer``'s output into a plan; it is the one place those decisions are made.
 MONAI has the statistics (``DataAnalyzer``) but no such planner outside Auto3DSeg's algorithm templates.
@@ -33,11 +24,13 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 from scripts.data import dataset_classes, dataset_modalities
 from scripts.errors import DatasetError, PlanError, SettingsError, one_line
+from scripts.settings import PATCH_SIDE
 
-__all__ = ["PLAN_FORMAT", "DIVISOR", "ANISOTROPY", "task_plan", "load_plan", "save_plan", "analyse", "plan_from_stats"]
+from networks import PATCH_DIVISOR
+
+__all__ = ["PLAN_FORMAT", "ANISOTROPY", "task_plan", "load_plan", "save_plan", "analyse", "plan_from_stats"]
 
 PLAN_FORMAT = "c2fnas-plan/1"
-DIVISOR = 16  # every patch side is a multiple of this: the network halves the resolution four times
 ANISOTROPY = 3.0  # nnU-Net's threshold for a low-resolution axis
 SCHEMA_FILE = Path(__file__).with_name("plan.schema.json")
 PathLike = Union[str, os.PathLike]
@@ -139,20 +132,25 @@ def plan_from_stats(
     pixdim = spacing if min_spacing is None else np.maximum(spacing, np.array(min_spacing, float))
     for case in by_case:
         resampled = np.array(case["image_stats"]["sizemm"], float) / pixdim
-        if (resampled < DIVISOR).any():
+        if (resampled < PATCH_DIVISOR).any():
             raise DatasetError(
                 f"{case['image_filepath']}: {np.round(resampled, 1).tolist()} voxels at "
                 f"{np.round(pixdim, 3).tolist()} mm,"
-                f" smaller than the smallest patch the network takes ({DIVISOR} voxels a side); use finer spacing "
-                "(plan_min_spacing) or leave the case out"
+                f" smaller than the smallest patch the network takes ({PATCH_DIVISOR} voxels a side); use finer "
+                "spacing (plan_min_spacing) or leave the case out"
             )
     median_shape = np.array(summary["image_stats"]["sizemm"]["median"], float) / pixdim
-    roi = [int(min(max(DIVISOR * (s // DIVISOR), DIVISOR), m)) for s, m in zip(median_shape, max_roi_size)]
-    if all(side == DIVISOR for side in roi):  # one voxel at the deepest level: instance norm cannot train on it
-        if all(side <= DIVISOR for side in max_roi_size):
-            raise SettingsError(f"setting 'plan_max_roi_size' {list(max_roi_size)}: a patch needs one side above 16")
-        axis = max((i for i in range(3) if max_roi_size[i] > DIVISOR), key=lambda i: median_shape[i])
-        roi[axis] = 2 * DIVISOR
+    roi = [
+        int(min(max(PATCH_DIVISOR * (s // PATCH_DIVISOR), PATCH_DIVISOR), m))
+        for s, m in zip(median_shape, max_roi_size)
+    ]
+    if all(side == PATCH_DIVISOR for side in roi):  # one voxel at the deepest level: instance norm cannot train on it
+        if all(side <= PATCH_DIVISOR for side in max_roi_size):
+            raise SettingsError(
+                f"setting 'plan_max_roi_size' {list(max_roi_size)}: a patch needs one side above {PATCH_DIVISOR}"
+            )
+        axis = max((i for i in range(3) if max_roi_size[i] > PATCH_DIVISOR), key=lambda i: median_shape[i])
+        roi[axis] = 2 * PATCH_DIVISOR
     fractions = summary["label_stats"]["label"]
     return {
         "format": PLAN_FORMAT,
@@ -194,7 +192,10 @@ def describe(plan: Dict[str, Any], plan_file: PathLike = "plan") -> str:
 
 
 def _schema() -> Dict[str, Any]:
-    return json.loads(SCHEMA_FILE.read_text())
+    """``plan.schema.json`` with the patch side rule of the settings (a multiple of the network's divisor)."""
+    schema = json.loads(SCHEMA_FILE.read_text())
+    schema["properties"]["roi_size"]["items"] = PATCH_SIDE
+    return schema
 
 
 def load_plan(plan_file: PathLike, dataset_dir: Optional[PathLike] = None) -> Dict[str, Any]:

@@ -11,14 +11,17 @@ import jsonschema
 from scripts.errors import SettingsError
 from scripts.inference_runtime import RUNTIMES
 
-__all__ = ["SettingsError", "SETTINGS", "check_settings"]
+from networks import PATCH_DIVISOR
+
+__all__ = ["SettingsError", "SETTINGS", "PATCH_SIDE", "check_settings"]
 
 
 _INT = {"type": "integer", "minimum": 0}
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
 _FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
 _OVERLAP = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
-_PATCH = {"type": "array", "items": {"type": "integer", "minimum": 16, "multipleOf": 16}, "minItems": 3, "maxItems": 3}
+PATCH_SIDE = {"type": "integer", "minimum": PATCH_DIVISOR, "multipleOf": PATCH_DIVISOR}  # networks.PATCH_DIVISOR
+_PATCH = {"type": "array", "items": PATCH_SIDE, "minItems": 3, "maxItems": 3}
 SETTINGS: Dict[str, dict] = {
     "seed": _INT,
     "split_seed": _INT,
@@ -27,7 +30,11 @@ SETTINGS: Dict[str, dict] = {
     "cache_rate": _FRACTION,
     "val_fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "base_channels": _POSITIVE_INT,
-    "roi_size": {**_PATCH, "description": "3 patch sides, each a multiple of 16 (the network downsamples 16 times)"},
+    "roi_size": {
+        **_PATCH,
+        "description": f"3 patch sides, each a multiple of {PATCH_DIVISOR} (the network downsamples "
+        f"{PATCH_DIVISOR} times)",
+    },
     "pixdim": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3, "maxItems": 3},
     "plan_min_spacing": {
         "type": ["array", "null"],
@@ -36,7 +43,10 @@ SETTINGS: Dict[str, dict] = {
         "maxItems": 3,
         "description": "null, or the coarsest spacing the plan may keep per axis (mm)",
     },
-    "plan_max_roi_size": {**_PATCH, "description": "3 largest patch sides the plan may choose, each a multiple of 16"},
+    "plan_max_roi_size": {
+        **_PATCH,
+        "description": f"3 largest patch sides the plan may choose, each a multiple of {PATCH_DIVISOR}",
+    },
     "num_samples": _POSITIVE_INT,
     "batch_size": _POSITIVE_INT,
     "sw_batch_size": _POSITIVE_INT,

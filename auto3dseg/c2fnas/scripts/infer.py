@@ -19,7 +19,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import SETTINGS, hyper_parameters  # noqa: E402  (this template's own train.py, beside this file)
+from train import SETTINGS, hyper_parameters, stage_chain  # noqa: E402  (this template's train.py, beside this file)
 
 
 class InferClass:
@@ -33,19 +33,16 @@ class InferClass:
             sys.path.insert(0, str(bundle_root))
         out = algo_dir / "outputs"
         used = json.loads((out / "c2fnas_run.json").read_text())  # the layers and overrides train.py ran with
-        files = [str(bundle_root / "configs" / "common.json"), str(bundle_root / "configs" / "inference.json")]
-        config = ConfigParser(ConfigParser.load_config_files(files + used["layers"]))
-        settings = {
-            **used["overrides"],
-            "arch_file": str(out / "search" / "arch_fine.json"),
-            "ckpt_file": str(out / "models" / "model.pt"),
-        }
-        for key, value in settings.items():
+        chain = stage_chain(bundle_root)
+        inference = chain.stage("inference")  # the bundle's layers and hand-offs (searched architecture, weights)
+        files = chain.config_files(inference.name, bundle_root, used["layers"])
+        config = ConfigParser(ConfigParser.load_config_files(files))
+        for key, value in {**used["overrides"], **inference.handoff}.items():
             config[key] = value
         self.device = config.get_parsed_content("device")
         self.preprocessing = config.get_parsed_content("preprocessing")
         self.network = config.get_parsed_content("network").eval()
-        checkpoint = torch.load(settings["ckpt_file"], map_location=self.device, weights_only=True)
+        checkpoint = torch.load(config.get_parsed_content("ckpt_file"), map_location=self.device, weights_only=True)
         self.network.load_state_dict(checkpoint.get("model", checkpoint))
         self.inferer = config.get_parsed_content("inferer")
         post = config.get_parsed_content("postprocessing").transforms

@@ -12,11 +12,13 @@ Dice of the trained network (its best checkpoint, on the fold's validation cases
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Dict, List, Sequence, Union
 
 import yaml
@@ -24,13 +26,20 @@ from monai.bundle import ConfigParser
 
 from networks.fileio import atomic_write, atomic_write_json
 
-STAGES = {  # stage -> its configs in the bundle, in the order they run
-    "search_coarse": ["search_coarse.json"],
-    "search_fine": ["search_fine.json"],
-    "train": ["train.json"],
-    "evaluate": ["train.json", "evaluate.json"],
-}
+TRAINING_STAGES = ("search_coarse", "search_fine", "train", "evaluate")  # of the bundle's stage chain, in order
 SETTINGS = ("bundle_root", "algo_dir", "data_stats_file", "data_list_file", "data_root", "modality", "fold", "profile")
+
+
+def stage_chain(bundle_root: Path) -> ModuleType:
+    """The bundle's stage chain (``scripts/stage_chain.py``: stages, config layers, hand-offs), loaded by its path,
+    since this template's own package is also called ``scripts``."""
+    name = "c2fnas_stage_chain"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(bundle_root) / "scripts" / "stage_chain.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def hyper_parameters(config_file: Union[str, Sequence[str]], override: Dict[str, Any]) -> ConfigParser:
@@ -136,29 +145,23 @@ def run(config_file: Union[str, Sequence[str]], **override: Any) -> None:
     bundle_root, algo_dir = Path(settings["bundle_root"]), Path(settings["algo_dir"])
     view = task_view(settings)
     out = algo_dir / "outputs"
-    common = [str(bundle_root / "configs" / "common.json")]
+    chain = stage_chain(bundle_root)
     layers = _profile(bundle_root, str(settings["profile"])) + [str(view / "fold.json")]
     # AutoRunner gives every algorithm the same training parameters: keep the bundle's own ids, skip the others
-    stage_files = sorted({str(bundle_root / "configs" / c) for configs in STAGES.values() for c in configs})
-    known = {k.lstrip("+") for f in common + stage_files for k in ConfigParser.load_config_file(f)}
+    stage_files = sorted({f for name in TRAINING_STAGES for f in chain.config_files(name, bundle_root)})
+    known = {k.lstrip("+") for f in stage_files for k in ConfigParser.load_config_file(f)}
     budgets = {k: _value(v) for k, v in override.items() if k not in SETTINGS and k in known}
     ignored = sorted(k for k in override if k not in SETTINGS and k not in known)
     if ignored:
         print(f"C2FNAS algorithm: training parameters that are not C2FNAS settings, left to other algorithms: "
               f"{', '.join(ignored)}", flush=True)  # fmt: skip
-    plan_file = task_plan(settings, view, common + layers[:-1], budgets)
+    plan_file = task_plan(settings, view, [str(bundle_root / chain.COMMON)] + layers[:-1], budgets)
     where = {"bundle_root": str(bundle_root), "dataset_dir": str(view), "output_dir": str(out)}
     where["plan_file"] = str(plan_file)
-    searched = {"arch_file": str(out / "search" / "arch_fine.json")}
-    model = {"ckpt_file": str(out / "models" / "model.pt")}
-    extra = {"search_coarse": {}, "search_fine": {}, "train": searched, "evaluate": {**searched, **model}}
     used = {"layers": layers, "overrides": {**where, **budgets}}  # what infer.py builds the same network from
     atomic_write_json(out / "c2fnas_run.json", used)
-    for stage, configs in STAGES.items():
-        files = common + [str(bundle_root / "configs" / c) for c in configs] + layers
-        argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(map(repr, files)) + "]"]
-        for key, value in {**where, **extra[stage], **budgets}.items():
-            argv += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    for stage in TRAINING_STAGES:
+        argv = chain.command(stage, bundle_root, layers, {**where, **budgets})
         log = out / "logs" / f"{stage}.log"  # appended to: a resumed stage logs beside its first attempt
         log.parent.mkdir(parents=True, exist_ok=True)
         print(f"C2FNAS algorithm: {stage} (log: {log})", flush=True)

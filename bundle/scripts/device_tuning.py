@@ -1,4 +1,4 @@
-"""Process-wide settings that make the bundle's stages fast on the device they run on."""
+"""Device tuning: process-wide settings (CPU allocator, cuDNN) that make the bundle's stages fast on their device."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Union
 
 import torch
 
-__all__ = ["tune_runtime"]
+__all__ = ["tune_device"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 
 
-def tune_runtime(device: Union[str, torch.device]) -> bool:
+def tune_device(device: Union[str, torch.device]) -> bool:
     """Tune the process for ``device``; returns whether the CPU allocator was changed.
 
     CPU, with glibc: large blocks come from the heap instead of fresh ``mmap`` regions, and up to 2 GiB of freed heap

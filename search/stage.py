@@ -1,4 +1,7 @@
-"""The two C2FNAS search stages: ``CoarseSearch`` (topology) and ``FineSearch`` (one op per cell).
+"""What both C2FNAS search stages share (``SearchStage``): data, supernet training, evaluation, state, outputs.
+
+The stages themselves are ``search.coarse_search.CoarseSearch`` (topology) and ``search.fine_search.FineSearch``
+(one op per cell).
 
 Both train a weight-sharing supernet at the deployed width and patch size with single-path sampling, then run aging
 evolution with validation Dice (inherited weights) as fitness. Each writes, under ``output_dir``:
@@ -32,82 +35,22 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from networks import Architecture, ArchitectureError, C2FNASSupernet, load_architecture, save_architecture
-from networks.c2fnas import ArchLike, as_architecture
+from networks import Architecture, C2FNASSupernet, load_architecture, save_architecture
 from networks.fileio import atomic_torch_save, atomic_write_json
 from search.data import DiceEvaluator, PatchStream, cached_dataset
 from search.distributed import barrier, broadcast_object, rank_and_world_size
 from search.engine import cosine_schedule, create_supernet_trainer, run_trainer
 from search.evolution import AgingEvolution
 from search.plots import plot_architecture, plot_fitness
-from search.settings import SearchSettings, SearchSettingsError, check_setting
-from search.space import SearchSpace, mutate_ops, random_ops, rng
+from search.settings import SearchSettings
+from search.space import random_ops, rng
+from search.state import SearchState, SearchStateError
 
-__all__ = ["SearchStateError", "SearchState", "SearchStage", "CoarseSearch", "FineSearch"]
-
-STATE_FORMAT = "c2fnas-search-state/1"
-
-
-class SearchStateError(RuntimeError):
-    """A saved search state cannot be resumed (unreadable, or written by a search with other settings)."""
+__all__ = ["SearchStage"]
 
 
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class SearchState:
-    """Everything a stage needs to resume, in one place, saved atomically to one file (rank 0).
-
-    ``progress`` is JSON-able (counters, evaluation cache and history, evolution state); ``tensors`` maps names to
-    live objects (saved through their ``state_dict()``) or to state dicts; the torch RNG state is saved alongside.
-    ``settings`` is the fingerprint a saved state must match to be resumed.
-    """
-
-    def __init__(self, path: Path, settings: Dict[str, Any], is_main: bool = True):
-        self.path, self.settings, self.is_main = Path(path), settings, is_main
-        self.progress: Dict[str, Any] = {}
-        self.tensors: Dict[str, Any] = {}
-
-    def reset(self, **initial: Any) -> None:
-        """Fresh progress: the shared entries plus a stage's ``initial`` ones; no tensors."""
-        self.progress = {"iteration": 0, "evolution": None, "cache": {}, "evaluations": [], "done": False, **initial}
-        self.tensors = {}
-
-    def save(self) -> None:
-        if not self.is_main:
-            return
-        payload = {"format": STATE_FORMAT, "settings": self.settings, "progress": self.progress}
-        payload["rng"] = {"torch": torch.get_rng_state()}
-        for key, value in self.tensors.items():
-            payload[key] = value.state_dict() if hasattr(value, "state_dict") else value
-        atomic_torch_save(payload, self.path)
-
-    def load(self, device: torch.device) -> bool:
-        """Replace progress and tensors by the saved state (``weights_only`` load); False when there is none."""
-        if not self.path.exists():
-            return False
-        try:
-            saved = torch.load(self.path, map_location=device, weights_only=True)
-        except Exception as e:  # truncated or foreign file: say which and what to do
-            reason = (
-                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'truncated or damaged'}"
-            )
-            raise SearchStateError(
-                f"{self.path}: cannot read the saved search state ({reason}); delete it to start over"
-            ) from e
-        if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
-            raise SearchStateError(f"{self.path}: not a {STATE_FORMAT} file; delete it to start over")
-        if saved["settings"] != self.settings:
-            changed = sorted(k for k in self.settings if saved["settings"].get(k) != self.settings[k])
-            raise SearchStateError(
-                f"{self.path}: saved by a {self.settings['stage']} search with other settings (changed: "
-                f"{', '.join(changed)}); delete it to start over or choose another output_dir"
-            )
-        torch.set_rng_state(saved["rng"]["torch"].cpu())
-        self.progress = saved["progress"]
-        self.tensors = {k: v for k, v in saved.items() if k not in ("format", "settings", "progress", "rng")}
-        return True
 
 
 class SearchStage:
@@ -420,225 +363,3 @@ class _NoWriter:
 
     def flush(self) -> None:
         pass
-
-
-class CoarseSearch(SearchStage):
-    """Stage 1, the macro topology.
-
-    Every valid topology of the space is clustered (K-means on one-hot levels). For each cluster a fresh supernet is
-    trained on it (each iteration: one topology of the cluster, one op per cell, uniformly) and scored by the mean
-    Dice of ``score_samples`` sampled members. Aging evolution then searches the best cluster, the fitness of a
-    topology being its Dice averaged over ``op_samples`` op assignments. Writes the best topology (no ops).
-
-    Args:
-        settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
-        num_cells, min_depth, max_depth, num_clusters: the search space (``SearchSpace``).
-        cluster_iterations: supernet training iterations per cluster.
-        score_samples: sampled members per cluster score; op_samples: op assignments per topology fitness.
-    """
-
-    name = "coarse"
-
-    def __init__(
-        self,
-        settings: SearchSettings,
-        train_data: Sequence[dict],
-        val_data: Sequence[dict],
-        preprocessing: Callable,
-        augmentation: Optional[Callable] = None,
-        loss_function: Optional[Callable] = None,
-        num_cells: int = 12,
-        min_depth: int = 4,
-        max_depth: int = 4,
-        num_clusters: int = 8,
-        cluster_iterations: int = 2000,
-        score_samples: int = 8,
-        op_samples: int = 3,
-    ):
-        super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
-        num_cells = check_setting("num_cells", num_cells, int, minimum=2)
-        min_depth = check_setting("min_depth", min_depth, int, minimum=1, maximum=4)
-        max_depth = check_setting("max_depth", max_depth, int, minimum=1, maximum=4)
-        if min_depth > max_depth:
-            raise SearchSettingsError("search settings 'min_depth' and 'max_depth': need min_depth <= max_depth")
-        num_clusters = check_setting("num_clusters", num_clusters, int, minimum=1)
-        self.cluster_iterations = check_setting("cluster_iterations", cluster_iterations, int, minimum=0)
-        self.score_samples = check_setting("score_samples", score_samples, int, minimum=1)
-        self.op_samples = check_setting("op_samples", op_samples, int, minimum=1)
-        self.space = SearchSpace(
-            num_cells, min_depth=min_depth, max_depth=max_depth, num_clusters=num_clusters, seed=settings.seed
-        )
-
-    def fingerprint(self) -> Dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "space": self.space.options(),
-            "coarse": [self.cluster_iterations, self.score_samples, self.op_samples],
-        }
-
-    def op_sample(self, topology: Sequence[int], j: int) -> Tuple[str, ...]:
-        s = self.settings
-        return random_ops(rng(s.seed, "coarse-ops", tuple(topology), j), len(topology), s.ops)
-
-    def topology_fitness(
-        self, supernet: C2FNASSupernet, topology: Sequence[int], context: Optional[str] = None
-    ) -> float:
-        """Dice of ``topology`` averaged over ``op_samples`` fixed op assignments: through ``fitness`` (cached and
-        recorded) with a ``context``, else ``supernet_dice`` alone (scoring outside the search)."""
-        scores = []
-        for j in range(self.op_samples):
-            arch = Architecture(tuple(topology), self.op_sample(topology, j))
-            scores.append(
-                self.supernet_dice(supernet, arch) if context is None else self.fitness(supernet, arch, context)
-            )
-        return sum(scores) / len(scores)
-
-    def score(self, arch: ArchLike) -> Dict[str, float]:
-        """How the coarse stage rates ``arch``, from the kept supernet of its topology's cluster (``keep_supernets``):
-        ``architecture``, the supernet Dice of ``arch`` with its own ops, and ``topology``, the fitness the evolution
-        gives its topology (mean over the ``op_samples`` op assignments)."""
-        arch = as_architecture(arch)
-        k = self.space.cluster_of(arch.levels)
-        supernet = self.kept_supernet(f"cluster{k}")
-        return {
-            "cluster": k,
-            "architecture": self.supernet_dice(supernet, arch),
-            "topology": self.topology_fitness(supernet, arch.levels),
-        }
-
-    def run(self) -> Architecture:
-        finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
-        if finished is not None:
-            return finished
-        tensors = self.state.tensors  # "best_supernet": weights of the best cluster so far; "supernet"...: in training
-        for k in range(self.progress["cluster"], self.space.num_clusters):
-            members = self.space.clusters[k]
-            supernet = self.build_supernet(members, "cluster", k)
-            if tensors.get("supernet") is not None:  # resuming inside this cluster's training
-                supernet.load_state_dict(tensors["supernet"])
-            self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
-            self.keep_supernet(supernet, f"cluster{k}")
-            samples = []
-            for j in range(self.score_samples):
-                topology = rng(self.settings.seed, "score", k, j).choice(members)
-                samples.append(self.fitness(supernet, Architecture(topology, self.op_sample(topology, j)), f"c{k}"))
-            score = sum(samples) / len(samples)
-            self.progress["clusters"].append({"cluster": k, "size": len(members), "score": score, "samples": samples})
-            self.writer.add_scalar("coarse/cluster_score", score, k)
-            self.logger.info(f"cluster {k} ({len(members)} topologies): score {score:.4f}")
-            best_k = self.progress["best_cluster"]
-            best_weights = tensors.get("best_supernet")
-            if best_k < 0 or score > self.progress["clusters"][best_k]["score"]:
-                self.progress["best_cluster"] = k
-                best_weights = {n: t.detach().clone() for n, t in supernet.state_dict().items()}
-            tensors.clear()
-            tensors["best_supernet"] = best_weights
-            self.progress.update({"cluster": k + 1, "iteration": 0})
-            self.state.save()
-
-        k = self.progress["best_cluster"]
-        members = self.space.clusters[k]
-        supernet = self.build_supernet(members, "cluster", k)
-        supernet.load_state_dict(tensors["best_supernet"])
-        evolution = self.new_evolution(
-            random_candidate=lambda r: r.choice(members),
-            mutate=lambda r, parent: self.space.mutate_topology(r, tuple(parent), members),
-            fitness=lambda topology: self.topology_fitness(supernet, topology, f"c{k}"),
-        )
-        best = self.evolve(evolution)
-        arch = Architecture(
-            tuple(best["candidate"]),
-            None,
-            self.provenance(
-                fitness=best["fitness"],
-                search_space=self.space.options(),
-                cluster=k,
-                cluster_score=self.progress["clusters"][k]["score"],
-                cluster_iterations=self.cluster_iterations,
-                evaluations=len(self.progress["evaluations"]),
-            ),
-        )
-        groups = {str(c["cluster"]): c["samples"] for c in self.progress["clusters"]}
-        history = {
-            "space": self.space.options(),
-            "clusters": self.progress["clusters"],
-            "best_cluster": k,
-            "cluster_members": [list(map(list, c)) for c in self.space.clusters],
-            "evolution": evolution.history,
-        }
-        return self.finish(arch, history, groups)
-
-
-class FineSearch(SearchStage):
-    """Stage 2, one op per cell on a fixed topology.
-
-    A supernet on the topology is trained with one op per cell sampled uniformly each iteration, then aging
-    evolution searches the ``len(ops) ** num_cells`` op assignments (mutation: one cell's op). Writes the final
-    architecture.
-
-    Args:
-        settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
-        topology: the coarse result (an architecture file path, dict or ``Architecture``; its ops are ignored).
-        iterations: supernet training iterations.
-    """
-
-    name = "fine"
-
-    def __init__(
-        self,
-        settings: SearchSettings,
-        train_data: Sequence[dict],
-        val_data: Sequence[dict],
-        preprocessing: Callable,
-        augmentation: Optional[Callable] = None,
-        loss_function: Optional[Callable] = None,
-        topology: Optional[ArchLike] = None,
-        iterations: int = 20000,
-    ):
-        super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
-        if topology is None:
-            raise SearchSettingsError("search setting 'topology': the fine search needs the coarse result")
-        self.topology = as_architecture(topology, require_ops=False)
-        self.iterations = check_setting("fine_iterations", iterations, int, minimum=0)
-
-    def fingerprint(self) -> Dict[str, Any]:
-        return {**super().fingerprint(), "topology": list(self.topology.levels), "fine": [self.iterations]}
-
-    def score(self, arch: ArchLike) -> Dict[str, float]:
-        """How the fine stage rates ``arch`` (the coarse topology with any ops): ``architecture``, its Dice in the kept
-        fine supernet (``keep_supernets``), the fitness the evolution gives it."""
-        arch = as_architecture(arch)
-        if arch.levels != self.topology.levels:
-            raise ArchitectureError(
-                f"topology {list(arch.levels)}: the fine supernet only holds {list(self.topology.levels)}"
-            )
-        return {"architecture": self.supernet_dice(self.kept_supernet("ops"), arch)}
-
-    def run(self) -> Architecture:
-        finished = self.begin()
-        if finished is not None:
-            return finished
-        levels, ops = self.topology.levels, self.settings.ops
-        supernet = self.build_supernet([levels], "fine")
-        if self.state.tensors.get("supernet") is not None:
-            supernet.load_state_dict(self.state.tensors["supernet"])
-        self.train_supernet("ops", supernet, [levels], self.iterations)
-        self.keep_supernet(supernet, "ops")
-        self.state.tensors = {"supernet": supernet}  # evolution checkpoints keep the trained supernet
-        evolution = self.new_evolution(
-            random_candidate=lambda r: random_ops(r, len(levels), ops),
-            mutate=lambda r, parent: mutate_ops(r, parent, ops),
-            fitness=lambda candidate: self.fitness(supernet, Architecture(levels, tuple(candidate)), "fine"),
-        )
-        best = self.evolve(evolution)
-        arch = Architecture(
-            levels,
-            tuple(best["candidate"]),
-            self.provenance(
-                fitness=best["fitness"],
-                topology_provenance=self.topology.provenance,
-                iterations=self.iterations,
-                evaluations=len(self.progress["evaluations"]),
-            ),
-        )
-        return self.finish(arch, history={"topology": list(levels), "evolution": evolution.history})

@@ -1,0 +1,160 @@
+"""Stage 1 of C2FNAS, the coarse search: the macro topology (which level each cell runs at)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from networks import Architecture, C2FNASSupernet
+from networks.c2fnas import ArchLike, as_architecture
+from search.settings import SearchSettings, SearchSettingsError, check_setting
+from search.space import SearchSpace, random_ops, rng
+from search.stage import SearchStage
+
+__all__ = ["CoarseSearch"]
+
+
+class CoarseSearch(SearchStage):
+    """Stage 1, the macro topology.
+
+    Every valid topology of the space is clustered (K-means on one-hot levels). For each cluster a fresh supernet is
+    trained on it (each iteration: one topology of the cluster, one op per cell, uniformly) and scored by the mean
+    Dice of ``score_samples`` sampled members. Aging evolution then searches the best cluster, the fitness of a
+    topology being its Dice averaged over ``op_samples`` op assignments. Writes the best topology (no ops).
+
+    Args:
+        settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
+        num_cells, min_depth, max_depth, num_clusters: the search space (``SearchSpace``).
+        cluster_iterations: supernet training iterations per cluster.
+        score_samples: sampled members per cluster score; op_samples: op assignments per topology fitness.
+    """
+
+    name = "coarse"
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        train_data: Sequence[dict],
+        val_data: Sequence[dict],
+        preprocessing: Callable,
+        augmentation: Optional[Callable] = None,
+        loss_function: Optional[Callable] = None,
+        num_cells: int = 12,
+        min_depth: int = 4,
+        max_depth: int = 4,
+        num_clusters: int = 8,
+        cluster_iterations: int = 2000,
+        score_samples: int = 8,
+        op_samples: int = 3,
+    ):
+        super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
+        num_cells = check_setting("num_cells", num_cells, int, minimum=2)
+        min_depth = check_setting("min_depth", min_depth, int, minimum=1, maximum=4)
+        max_depth = check_setting("max_depth", max_depth, int, minimum=1, maximum=4)
+        if min_depth > max_depth:
+            raise SearchSettingsError("search settings 'min_depth' and 'max_depth': need min_depth <= max_depth")
+        num_clusters = check_setting("num_clusters", num_clusters, int, minimum=1)
+        self.cluster_iterations = check_setting("cluster_iterations", cluster_iterations, int, minimum=0)
+        self.score_samples = check_setting("score_samples", score_samples, int, minimum=1)
+        self.op_samples = check_setting("op_samples", op_samples, int, minimum=1)
+        self.space = SearchSpace(
+            num_cells, min_depth=min_depth, max_depth=max_depth, num_clusters=num_clusters, seed=settings.seed
+        )
+
+    def fingerprint(self) -> Dict[str, Any]:
+        return {
+            **super().fingerprint(),
+            "space": self.space.options(),
+            "coarse": [self.cluster_iterations, self.score_samples, self.op_samples],
+        }
+
+    def op_sample(self, topology: Sequence[int], j: int) -> Tuple[str, ...]:
+        s = self.settings
+        return random_ops(rng(s.seed, "coarse-ops", tuple(topology), j), len(topology), s.ops)
+
+    def topology_fitness(
+        self, supernet: C2FNASSupernet, topology: Sequence[int], context: Optional[str] = None
+    ) -> float:
+        """Dice of ``topology`` averaged over ``op_samples`` fixed op assignments: through ``fitness`` (cached and
+        recorded) with a ``context``, else ``supernet_dice`` alone (scoring outside the search)."""
+        scores = []
+        for j in range(self.op_samples):
+            arch = Architecture(tuple(topology), self.op_sample(topology, j))
+            scores.append(
+                self.supernet_dice(supernet, arch) if context is None else self.fitness(supernet, arch, context)
+            )
+        return sum(scores) / len(scores)
+
+    def score(self, arch: ArchLike) -> Dict[str, float]:
+        """How the coarse stage rates ``arch``, from the kept supernet of its topology's cluster (``keep_supernets``):
+        ``architecture``, the supernet Dice of ``arch`` with its own ops, and ``topology``, the fitness the evolution
+        gives its topology (mean over the ``op_samples`` op assignments)."""
+        arch = as_architecture(arch)
+        k = self.space.cluster_of(arch.levels)
+        supernet = self.kept_supernet(f"cluster{k}")
+        return {
+            "cluster": k,
+            "architecture": self.supernet_dice(supernet, arch),
+            "topology": self.topology_fitness(supernet, arch.levels),
+        }
+
+    def run(self) -> Architecture:
+        finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
+        if finished is not None:
+            return finished
+        tensors = self.state.tensors  # "best_supernet": weights of the best cluster so far; "supernet"...: in training
+        for k in range(self.progress["cluster"], self.space.num_clusters):
+            members = self.space.clusters[k]
+            supernet = self.build_supernet(members, "cluster", k)
+            if tensors.get("supernet") is not None:  # resuming inside this cluster's training
+                supernet.load_state_dict(tensors["supernet"])
+            self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
+            self.keep_supernet(supernet, f"cluster{k}")
+            samples = []
+            for j in range(self.score_samples):
+                topology = rng(self.settings.seed, "score", k, j).choice(members)
+                samples.append(self.fitness(supernet, Architecture(topology, self.op_sample(topology, j)), f"c{k}"))
+            score = sum(samples) / len(samples)
+            self.progress["clusters"].append({"cluster": k, "size": len(members), "score": score, "samples": samples})
+            self.writer.add_scalar("coarse/cluster_score", score, k)
+            self.logger.info(f"cluster {k} ({len(members)} topologies): score {score:.4f}")
+            best_k = self.progress["best_cluster"]
+            best_weights = tensors.get("best_supernet")
+            if best_k < 0 or score > self.progress["clusters"][best_k]["score"]:
+                self.progress["best_cluster"] = k
+                best_weights = {n: t.detach().clone() for n, t in supernet.state_dict().items()}
+            tensors.clear()
+            tensors["best_supernet"] = best_weights
+            self.progress.update({"cluster": k + 1, "iteration": 0})
+            self.state.save()
+
+        k = self.progress["best_cluster"]
+        members = self.space.clusters[k]
+        supernet = self.build_supernet(members, "cluster", k)
+        supernet.load_state_dict(tensors["best_supernet"])
+        evolution = self.new_evolution(
+            random_candidate=lambda r: r.choice(members),
+            mutate=lambda r, parent: self.space.mutate_topology(r, tuple(parent), members),
+            fitness=lambda topology: self.topology_fitness(supernet, topology, f"c{k}"),
+        )
+        best = self.evolve(evolution)
+        arch = Architecture(
+            tuple(best["candidate"]),
+            None,
+            self.provenance(
+                fitness=best["fitness"],
+                search_space=self.space.options(),
+                cluster=k,
+                cluster_score=self.progress["clusters"][k]["score"],
+                cluster_iterations=self.cluster_iterations,
+                evaluations=len(self.progress["evaluations"]),
+            ),
+        )
+        groups = {str(c["cluster"]): c["samples"] for c in self.progress["clusters"]}
+        history = {
+            "space": self.space.options(),
+            "clusters": self.progress["clusters"],
+            "best_cluster": k,
+            "cluster_members": [list(map(list, c)) for c in self.space.clusters],
+            "evolution": evolution.history,
+        }
+        return self.finish(arch, history, groups)
