@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from monai.transforms import Compose, EnsureTyped, RandFlipd
-from scripts import stage_chain  # the bundle's package (pytest puts bundle/ on the path)
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -38,6 +37,8 @@ def launch(args, cwd, torchrun=False, wait=True, timeout=900):
 def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True, check=True):
     """``python -m monai.bundle COMMAND ARGS --key value ...`` through ``launch``. With ``check`` asserts success and
     returns stdout + stderr; otherwise returns ``(returncode, stdout, stderr)`` (or the ``Popen`` without ``wait``)."""
+    from scripts import stage_chain  # the bundle's package (pytest puts bundle/ on the path; not `python helpers.py`)
+
     argv = ["-m", "monai.bundle", command, *map(str, args), *stage_chain.override_args(overrides or {})]
     done = launch(argv, cwd, torchrun=torchrun, wait=wait)
     if not wait:
@@ -52,6 +53,8 @@ def bundle_run(configs, cwd, overrides=None, profile=TINY_PROFILE, **kwargs):
     """The one way the tests run configs: ``python -m monai.bundle run`` over ``common.json``, ``configs`` (names in
     ``bundle/configs`` or paths) and ``profile`` (the tiny test profile unless None), with overrides. Other keyword
     arguments as ``monai_bundle``. ``stage_run`` runs a stage of the chain."""
+    from scripts import stage_chain
+
     files = [BUNDLE / stage_chain.COMMON] + [Path(c) if os.path.isabs(str(c)) else CONFIGS / c for c in configs]
     return _run_files(files + ([profile] if profile is not None else []), cwd, overrides, **kwargs)
 
@@ -59,6 +62,8 @@ def bundle_run(configs, cwd, overrides=None, profile=TINY_PROFILE, **kwargs):
 def stage_run(stage, cwd, overrides=None, profile=TINY_PROFILE, extra=(), **kwargs):
     """Stage ``stage`` of the bundle's chain (``scripts.stage_chain``: its layers and hand-offs) as a user runs it,
     with ``extra`` configs and ``profile`` (the tiny test profile unless None) as the last layers."""
+    from scripts import stage_chain
+
     files = stage_chain.config_files(stage, BUNDLE, [*extra, *([profile] if profile is not None else [])])
     return _run_files(files, cwd, {**stage_chain.stage(stage).handoff, **(overrides or {})}, **kwargs)
 
