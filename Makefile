@@ -10,7 +10,7 @@ LINTED := networks search tests benchmarks auto3dseg release.py $(wildcard bundl
 LABEL_VENV := .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed
 
-.PHONY: setup label-setup demo test test-slow test-label bench search-quality lint format release
+.PHONY: setup label-setup demo test test-slow test-label bench search-quality training-reliability lint format release
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: $(STAMP)
 # SegResNet, all trained by the bundle's configs (README "Search quality"); finished parts are reused on a re-run.
 search-quality: $(STAMP)
 	$(PY) benchmarks/search_quality.py
+
+# Is one training a measurement? Networks x training seeds x tasks, each trained and scored by the bundle's stage
+# chain; finished trainings are committed under benchmarks/results/training_reliability/ and reused on a re-run.
+training-reliability: $(STAMP)
+	$(PY) benchmarks/training_reliability.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no test is marked slow

@@ -1,0 +1,175 @@
+"""Training reliability: is one training by the bundle's ``train.json`` a measurement?
+
+For each task and each network, the bundle's own stage chain trains (``train``) and scores (``evaluate``) the network
+with ``T`` training seeds (``seed``) on one split (``split_seed`` 0), at the profile's budget. The networks:
+C2FNAS-Panc at the profile's width, the architecture ``make demo``'s search found, ``R`` architectures drawn from the
+profile's search space (seeded, the same draw as the search-quality benchmark's), and MONAI's ``UNet`` as a
+reference (a ``network_def`` layer over ``train.json``). The tasks: the embedded synthetic pancreas and the generated
+tasks of ``benchmarks/tasks.py``.
+
+It reports, per task and network: the mean and standard deviation over seeds of the mean Dice (the bundle's Dice),
+per class how many seeds learnt it (class Dice > 0.5), and the wall time of a training and its evaluation. It writes
+``training_reliability.json`` and ``training_reliability.png`` (every seed's mean Dice) into the records folder.
+
+Each finished training is a small JSON record with what it depends on (the merged configs without the search's ids,
+the architecture, the seed, the digest of the code it runs, the task's generator, the CPU model), kept under
+``--records_dir`` (default ``benchmarks/results/training_reliability/<profile>/``, committed to the repository).
+A run reuses every record whose inputs are unchanged, so it continues after an interruption, or on another machine
+with the same CPU model; scratch outputs go to ``--work_dir``.
+
+    .venv/bin/python benchmarks/training_reliability.py [--tasks embedded,tubes] [--seeds 5] [--random 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_quality as sq  # noqa: E402  (the benchmark that runs the bundle's stages and keeps their records)
+
+FORMAT = "c2fnas-training-reliability/1"
+LEARNT = 0.5  # a class counts as learnt by a training when its validation Dice exceeds this
+# what ``make demo`` found on the embedded data (search seed 0, CPU profile since 0.3.0; seen on machines A and X)
+DEMO_SEARCHED = {"levels": [2, 3, 3, 2, 2, 2, 1, 1], "ops": ["P3D", "P3D", "3D", "P3D", "P3D", "P3D", "P3D", "3D"]}
+TASKS = ["embedded", *sq.TASKS]
+
+
+def networks(bench: sq.Bench, num_random: int) -> Dict[str, Dict[str, Any]]:
+    """``name -> {"arch": dict or None, "extra": [configs]}``: C2FNAS-Panc, the demo's searched architecture,
+    ``num_random`` architectures of the profile's space and MONAI's UNet."""
+    from networks import default_architecture
+
+    panc = default_architecture()
+    found: Dict[str, Dict[str, Any]] = {
+        "c2fnas_panc": {"arch": {"levels": list(panc.levels), "ops": list(panc.ops)}, "extra": []},
+        "demo_searched": {"arch": DEMO_SEARCHED, "extra": []},
+    }
+    drawn = sq.sample_architectures(bench, num_random, 0, (), seed=0)
+    found.update({name: {"arch": arch, "extra": []} for name, arch in drawn.items()})
+    found["monai_unet"] = {"arch": None, "extra": [sq.baseline_config(bench, "unet")]}
+    return found
+
+
+def summarise(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Mean and standard deviation over seeds of the mean Dice, seeds that learnt each class, mean wall time."""
+    dice = [r["dice"] for r in runs]
+    classes = list(runs[0]["per_class"])
+    learnt = {c: sum(1 for r in runs if (r["per_class"][c] or 0.0) > LEARNT) for c in classes}
+    return {
+        "seeds": len(runs),
+        "mean_dice": statistics.fmean(dice),
+        "std_dice": statistics.stdev(dice) if len(dice) > 1 else 0.0,
+        "min_dice": min(dice),
+        "max_dice": max(dice),
+        "per_seed": dice,
+        "learnt": learnt,
+        "wall_s": statistics.fmean(r["wall_s"] for r in runs),
+    }
+
+
+def plot(report: Dict[str, Any], path: Path) -> Path:
+    """Every seed's mean Dice per network, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from networks.fileio import atomic_write
+
+    tasks = list(report["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = report["tasks"][task]
+        for i, (name, row) in enumerate(rows.items()):
+            ax.scatter([i] * len(row["per_seed"]), row["per_seed"], s=18, alpha=0.7)
+            ax.errorbar(i + 0.25, row["mean_dice"], yerr=row["std_dice"], fmt="k_", capsize=3)
+        ax.set_xticks(range(len(rows)), list(rows), rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(task)
+        ax.set_ylabel("mean Dice (validation)")
+    fig.suptitle(f"training reliability: each seed, mean ± std ({report['profile']})")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--profile", type=Path, default=sq.CONFIGS / "cpu_profile.json", help="budget profile")
+    parser.add_argument("--seeds", type=int, default=5, help="T: training seeds per network")
+    parser.add_argument("--random", type=int, default=3, help="R: architectures drawn from the search space")
+    parser.add_argument("--records_dir", type=Path, default=None, help="default: benchmarks/results/...")
+    parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "training_reliability")
+    parser.add_argument("--quick", action="store_true", help="tiny profile, embedded data, T=2, R=1: that it runs")
+    parser.add_argument("--no_reuse", action="store_true", help="train everything again")
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.quick:
+        args.seeds, args.random, tasks = 2, 1, ["embedded"]
+        args.profile = sq.ROOT / "tests" / "data" / "tiny_profile.json"
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        parser.error(f"--tasks {args.tasks}: unknown {unknown}; choose from {', '.join(TASKS)}")
+    if args.seeds < 2 or args.random < 1:
+        parser.error("need --seeds >= 2 (a spread) and --random >= 1")
+    if not args.profile.is_file():
+        parser.error(f"--profile {args.profile}: does not exist")
+    profile = args.profile.resolve()
+    work_dir = args.work_dir.resolve()
+    if args.records_dir is None:
+        base = work_dir / "records" if args.quick else sq.ROOT / "benchmarks" / "results" / "training_reliability"
+        args.records_dir = base / profile.stem
+    records = args.records_dir.resolve()
+    start = time.perf_counter()
+    report: Dict[str, Any] = {"format": FORMAT, "profile": profile.name, "learnt_above": LEARNT, "tasks": {}}
+    machine = None
+    for task in tasks:
+        dataset_dir = None if task == "embedded" else sq.task_dataset(task, work_dir / "data" / task)
+        key = {"task": task, "generator": sq.code_digest(["benchmarks/tasks.py", "bundle/scripts/data.py"])}
+        bench = sq.Bench(work_dir / task, dataset_dir, profile, not args.no_reuse, None, records / task, key)
+        machine = bench.machine
+        report["tasks"][task] = {}
+        for name, network in networks(bench, args.random).items():
+            runs: List[Dict[str, Any]] = []
+            for seed in range(args.seeds):
+                t = time.perf_counter()
+                result = sq.train_part(bench, f"{name}_seed{seed}", network["arch"], seed=seed, extra=network["extra"])
+                runs.append(result)
+                print(
+                    f"[{time.perf_counter() - start:7.0f} s] {task} {name} seed {seed}: Dice {result['dice']:.4f} "
+                    f"{json.dumps(result['per_class'])} ({time.perf_counter() - t:.0f} s)",
+                    flush=True,
+                )
+            report["tasks"][task][name] = {"arch": network["arch"], **summarise(runs)}
+    report["machine"] = machine
+    report["wall_s"] = time.perf_counter() - start
+    sq.atomic_json(records / "training_reliability.json", report)
+    plot(report, records / "training_reliability.png")
+    print_report(report)
+    return report
+
+
+def print_report(report: Dict[str, Any]) -> None:
+    """One Markdown table per task."""
+    for task, rows in report["tasks"].items():
+        print(f"\n{task} ({report['profile']}; learnt: class Dice > {report['learnt_above']})\n")
+        print("| network | mean Dice over seeds | std | range | seeds learning each class | train + evaluate |")
+        print("|---|---|---|---|---|---|")
+        for name, row in rows.items():
+            learnt = ", ".join(f"{c} {n}/{row['seeds']}" for c, n in row["learnt"].items())
+            print(
+                f"| {name} | {row['mean_dice']:.4f} | {row['std_dice']:.4f} | {row['min_dice']:.3f}–"
+                f"{row['max_dice']:.3f} | {learnt} | {row['wall_s']:.0f} s |"
+            )
+
+
+if __name__ == "__main__":
+    main()

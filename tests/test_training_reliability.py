@@ -1,0 +1,41 @@
+"""The training-reliability benchmark (benchmarks/training_reliability.py) end to end at --quick on the tests' tiny
+profile: every figure present and finite, and a second run reuses every record instead of training again."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from helpers import PNG_MAGIC, launch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARK = ROOT / "benchmarks" / "training_reliability.py"
+
+
+@pytest.mark.slow  # 8 tiny trainings and their evaluations: about 3 min on 2 cores
+def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
+    records = tmp_path / "records"
+    args = [BENCHMARK, "--quick", "--work_dir", tmp_path / "work", "--records_dir", records]
+    done = launch(args, ROOT, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((records / "training_reliability.json").read_text())
+    assert report["format"] == "c2fnas-training-reliability/1" and report["profile"] == "tiny_profile.json"
+    rows = report["tasks"]["embedded"]
+    assert set(rows) == {"c2fnas_panc", "demo_searched", "random00", "monai_unet"}
+    for name, row in rows.items():
+        assert row["seeds"] == 2 and len(row["per_seed"]) == 2, name
+        for key in ("mean_dice", "std_dice", "min_dice", "max_dice"):
+            assert math.isfinite(row[key]) and 0 <= row[key] <= 1, (name, key)
+        assert row["min_dice"] <= row["mean_dice"] <= row["max_dice"] and row["wall_s"] > 0, name
+        assert set(row["learnt"]) == {"pancreas", "tumour"} and all(0 <= n <= 2 for n in row["learnt"].values())
+        assert (row["arch"] is None) == (name == "monai_unet")
+    assert (records / "training_reliability.png").read_bytes()[:8] == PNG_MAGIC
+    for name in rows:
+        assert f"| {name} |" in done.stdout
+
+    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (records / "embedded").glob("*.json")}
+    assert len(kept) == 8  # one record per network and seed
+    again = launch(args, ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (records / "embedded").glob("*.json")} == kept
+    assert json.loads((records / "training_reliability.json").read_text())["tasks"] == report["tasks"]
