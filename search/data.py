@@ -141,9 +141,13 @@ class DiceEvaluator:
             rows.append(dice_per_case(prediction, truth).cpu())
         return torch.cat(rows).float() if rows else torch.empty(0, self.num_classes - 1)
 
+    def dice(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> Tuple[float, List[float]]:
+        """``(mean Dice, Dice per foreground class)`` over all ranks' cases (NaN where nothing was counted)."""
+        return dice_from_totals(all_reduce_sum(dice_totals(self.per_class(predictor))))
+
     def __call__(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> float:
         """The mean Dice over all ranks' cases (NaN when no class has a value)."""
-        return dice_from_totals(all_reduce_sum(dice_totals(self.per_class(predictor))))[0]
+        return self.dice(predictor)[0]
 
 
 def _plain(x) -> torch.Tensor:

@@ -27,13 +27,21 @@ def _save(fig: "plt.Figure", path: Path) -> Path:
 
 
 def plot_fitness(
-    records: Sequence[Dict], path: Path, title: str, population_size: int = 0, groups: Optional[Dict[str, List]] = None
+    records: Sequence[Dict],
+    path: Path,
+    title: str,
+    population_size: int = 0,
+    groups: Optional[Dict[str, List]] = None,
+    evaluations: Optional[Sequence[Dict]] = None,
 ) -> Path:
     """Each evaluated candidate's fitness in evaluation order, the running best, and where the aging cycles start.
 
-    ``groups`` (label -> list of fitness values) adds a second panel, e.g. the coarse stage's cluster scores.
+    ``groups`` (label -> list of fitness values) adds a panel, e.g. the coarse stage's cluster scores;
+    ``evaluations`` (records with ``per_class``: class name -> Dice or None) adds one with every evaluated
+    architecture's Dice per class, which shows a fitness that never sees a class.
     """
-    ncols = 2 if groups else 1
+    evaluations = [e for e in (evaluations or []) if e.get("per_class")]
+    ncols = 1 + bool(groups) + bool(evaluations)
     fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4), squeeze=False)
     ax = axes[0][0]
     fitness = [r["fitness"] for r in records]
@@ -56,6 +64,17 @@ def plot_fitness(
         ax2.set_ylabel("Dice of sampled members")
         ax2.set_title("cluster scores")
         ax2.legend(loc="lower right", fontsize=8)
+    if evaluations:
+        ax3 = axes[0][ncols - 1]
+        for name in evaluations[0]["per_class"]:
+            points = [(i, e["per_class"].get(name)) for i, e in enumerate(evaluations)]
+            points = [(i, d) for i, d in points if d is not None]
+            ax3.scatter([i for i, _ in points], [d for _, d in points], s=12, alpha=0.7, label=name)
+        ax3.set_ylim(-0.02, 1.02)
+        ax3.set_xlabel("evaluated architecture")
+        ax3.set_ylabel("validation Dice (inherited weights)")
+        ax3.set_title("Dice per class")
+        ax3.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 

@@ -71,6 +71,8 @@ class SearchSettings:
         num_workers, cache_rate: data loading.
         checkpoint_interval: iterations between saved states; checkpoint_candidates: evaluations between them.
         show_progress: progress bars and per-iteration logs (rank 0 only under DDP).
+        class_names: names of the foreground classes (``out_channels - 1``), for the per-class Dice the history,
+            the logs, TensorBoard and the picture report per candidate; ``class1``, ``class2``... when not given.
         keep_supernets: also write each trained supernet's weights to ``output_dir/supernets/`` so that other
             architectures can be scored after the search (``CoarseSearch.score``, ``FineSearch.score``); off by default
             (at the default budget the eight coarse supernets take several hundred MB).
@@ -102,6 +104,7 @@ class SearchSettings:
     checkpoint_candidates: int = 5
     show_progress: bool = True
     keep_supernets: bool = False
+    class_names: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
         checks: Dict[str, Tuple[type, Dict[str, float]]] = {
@@ -145,3 +148,9 @@ class SearchSettings:
             raise SearchSettingsError(f"search setting 'ops': {list(self.ops)} must be a non-empty subset of {OPS}")
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "device", torch.device(self.device))
+        names = [f"class{i}" for i in range(1, self.out_channels)] if self.class_names is None else self.class_names
+        if isinstance(names, str) or len(names) != self.out_channels - 1 or not all(isinstance(n, str) for n in names):
+            raise SearchSettingsError(
+                f"search setting 'class_names': {names!r} must name the {self.out_channels - 1} foreground classes"
+            )
+        object.__setattr__(self, "class_names", tuple(names))

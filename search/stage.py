@@ -215,19 +215,35 @@ class SearchStage:
     def supernet_dice(self, supernet: C2FNASSupernet, arch: Architecture) -> float:
         """Validation mean Dice (``search.dice``) of ``arch`` with the supernet's weights (rank 0's value on every
         rank). A validation set with no foreground anywhere has no Dice; it counts as 0."""
+        return self.supernet_dice_per_class(supernet, arch)[0]
+
+    def supernet_dice_per_class(
+        self, supernet: C2FNASSupernet, arch: Architecture
+    ) -> Tuple[float, Dict[str, Optional[float]]]:
+        """``(supernet_dice, {class name: Dice or None})``: the mean and each foreground class's Dice, None where a
+        class had no value (absent from every prediction and label)."""
         supernet.eval()
-        dice = broadcast_object(self.evaluator(supernet.path_network(arch)))
-        return 0.0 if dice != dice else dice
+        mean, per_class = broadcast_object(self.evaluator.dice(supernet.path_network(arch)))
+        values = [None if d != d else d for d in per_class]
+        return (0.0 if mean != mean else mean), dict(zip(self.settings.class_names, values))
 
     def fitness(self, supernet: C2FNASSupernet, arch: Architecture, context: str) -> float:
-        """``supernet_dice``, cached per (context, architecture) and recorded in the history and TensorBoard."""
+        """``supernet_dice``, cached per (context, architecture) and recorded, with each class's Dice, in the history,
+        the log and TensorBoard, so that a fitness blind to a class shows."""
         key = f"{context}|{','.join(map(str, arch.levels))}|{','.join(arch.ops)}"
         cache = self.progress["cache"]
         if key not in cache:
-            cache[key] = self.supernet_dice(supernet, arch)
+            cache[key], per_class = self.supernet_dice_per_class(supernet, arch)
             record = {"context": context, "levels": list(arch.levels), "ops": list(arch.ops), "fitness": cache[key]}
+            record["per_class"] = per_class
             self.progress["evaluations"].append(record)
-            self.writer.add_scalar(f"{self.name}/fitness", cache[key], len(self.progress["evaluations"]))
+            step = len(self.progress["evaluations"])
+            self.writer.add_scalar(f"{self.name}/fitness", cache[key], step)
+            for name, value in per_class.items():
+                if value is not None:
+                    self.writer.add_scalar(f"{self.name}/dice/{name}", value, step)
+            classes = ", ".join(f"{n} {'-' if v is None else format(v, '.4f')}" for n, v in per_class.items())
+            self.logger.info(f"candidate {step} ({context}, {arch}): fitness {cache[key]:.4f} ({classes})")
         return cache[key]
 
     def supernet_file(self, key: str) -> Path:
@@ -316,6 +332,7 @@ class SearchStage:
             f"{self.name} search",
             population_size=self.settings.population_size,
             groups=groups,
+            evaluations=history["evaluations"],
         )
         plot_architecture(arch, self.path("arch_png"), f"{self.name} search result: {arch}")
         self.writer.flush()

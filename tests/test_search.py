@@ -155,9 +155,15 @@ def _png(path):
 
 
 def test_both_stages_end_to_end(tmp_path):
-    coarse = small_stage("coarse", tmp_path)
+    coarse = small_stage("coarse", tmp_path, class_names=("short rod", "long rod"))
     topology = coarse.run()
     history = json.loads((tmp_path / "search_coarse_history.json").read_text())
+    for evaluation in history["evaluations"]:  # each class's Dice per candidate, so a class-blind fitness shows
+        per_class = evaluation["per_class"]
+        assert list(per_class) == ["short rod", "long rod"]
+        assert all(d is None or 0 <= d <= 1 for d in per_class.values())
+        counted = [d for d in per_class.values() if d is not None]
+        assert evaluation["fitness"] == pytest.approx(sum(counted) / len(counted) if counted else 0.0, abs=1e-6)
     scores = [c["score"] for c in history["clusters"]]
     best_cluster = history["best_cluster"]
     assert len(scores) == 3 and scores[best_cluster] == max(scores)
@@ -346,3 +352,13 @@ def test_fitness_uses_the_first_val_cases_validation_cases(tmp_path):
     assert fewer.fingerprint()["data"] != everything.fingerprint()["data"], "another budget cannot resume this state"
     with pytest.raises(ValueError, match="val_cases"):
         small_stage("fine", tmp_path / "bad", topology=Architecture((1, 2, 2, 1)), val_cases=-1)
+
+
+def test_class_names_must_name_each_foreground_class(tmp_path):
+    from search import SearchSettings, SearchSettingsError
+
+    assert SearchSettings(output_dir=tmp_path, out_channels=3).class_names == ("class1", "class2")
+    assert SearchSettings(output_dir=tmp_path, out_channels=2, class_names=["organ"]).class_names == ("organ",)
+    for wrong in (["organ"], "ab", ["a", 2]):
+        with pytest.raises(SearchSettingsError, match="search setting 'class_names'.*the 2 foreground classes"):
+            SearchSettings(output_dir=tmp_path, out_channels=3, class_names=wrong)
