@@ -83,7 +83,7 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     from networks.fileio import atomic_write
 
     tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.0, 4.5 * len(tasks)), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = report["tasks"][task]
         for i, (name, row) in enumerate(rows.items()):
@@ -93,7 +93,7 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
         ax.set_ylim(0, 1)
         ax.set_title(task)
         ax.set_ylabel("mean Dice (validation)")
-    fig.suptitle(f"training reliability: each seed, mean ± std ({report['profile']})")
+    fig.suptitle(f"each training seed's Dice, mean ± std ({report['profile']})", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
