@@ -18,6 +18,10 @@ A run reuses every record whose inputs are unchanged, so it continues after an i
 with the same CPU model; scratch outputs go to ``--work_dir``.
 
     .venv/bin/python benchmarks/training_reliability.py [--tasks embedded,tubes] [--seeds 5] [--random 3] [--quick]
+        [--networks demo_searched,monai_unet] [--layers benchmarks/recipes/adamw.json]
+
+``--layers`` merges recipe variants (config layers in ``benchmarks/recipes/``) after the profile; their records go to
+a folder named after the profile and the layers, so each variant's figures stand beside the profile's own.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ import search_quality as sq  # noqa: E402  (the benchmark that runs the bundle's
 
 FORMAT = "c2fnas-training-reliability/1"
 LEARNT = 0.5  # a class counts as learnt by a training when its validation Dice exceeds this
-# what ``make demo`` found on the embedded data (search seed 0, CPU profile since 0.3.0; seen on machines A and X)
-DEMO_SEARCHED = {"levels": [2, 3, 3, 2, 2, 2, 1, 1], "ops": ["P3D", "P3D", "3D", "P3D", "P3D", "P3D", "P3D", "3D"]}
+# what ``make demo`` found on the embedded data (search seed 0, CPU profile; 0.5.0's data, machine X)
+DEMO_SEARCHED = {"levels": [2, 2, 3, 3, 3, 2, 1, 1], "ops": ["3D", "P3D", "3D", "P3D", "P3D", "2D", "P3D", "3D"]}
 TASKS = ["embedded", *sq.TASKS]
 
 
@@ -110,8 +114,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "training_reliability")
     parser.add_argument("--quick", action="store_true", help="tiny profile, embedded data, T=2, R=1: that it runs")
     parser.add_argument("--no_reuse", action="store_true", help="train everything again")
+    parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
+    parser.add_argument(
+        "--layers", default="", help="comma-separated config files merged after the profile: a recipe variant"
+    )
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    layers = [Path(f.strip()).resolve() for f in args.layers.split(",") if f.strip()]
+    missing = [str(f) for f in layers if not f.is_file()]
+    if missing:
+        parser.error(f"--layers: {', '.join(missing)} do not exist")
     if args.quick:
         args.seeds, args.random, tasks = 2, 1, ["embedded"]
         args.profile = sq.ROOT / "tests" / "data" / "tiny_profile.json"
@@ -126,10 +138,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     work_dir = args.work_dir.resolve()
     if args.records_dir is None:
         base = work_dir / "records" if args.quick else sq.ROOT / "benchmarks" / "results" / "training_reliability"
-        args.records_dir = base / profile.stem
+        args.records_dir = base / "+".join([profile.stem, *(f.stem for f in layers)])
     records = args.records_dir.resolve()
     start = time.perf_counter()
     report: Dict[str, Any] = {"format": FORMAT, "profile": profile.name, "learnt_above": LEARNT, "tasks": {}}
+    report["layers"] = [f.name for f in layers]
     machine = None
     for task in tasks:
         dataset_dir = None if task == "embedded" else sq.task_dataset(task, work_dir / "data" / task)
@@ -137,11 +150,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         bench = sq.Bench(work_dir / task, dataset_dir, profile, not args.no_reuse, None, records / task, key)
         machine = bench.machine
         report["tasks"][task] = {}
-        for name, network in networks(bench, args.random).items():
+        chosen = networks(bench, args.random)
+        wanted = list(chosen) if args.networks is None else [n.strip() for n in args.networks.split(",")]
+        if set(wanted) - set(chosen):
+            parser.error(f"--networks {args.networks}: unknown {sorted(set(wanted) - set(chosen))}; of {list(chosen)}")
+        for name in wanted:
+            network = chosen[name]
             runs: List[Dict[str, Any]] = []
             for seed in range(args.seeds):
                 t = time.perf_counter()
-                result = sq.train_part(bench, f"{name}_seed{seed}", network["arch"], seed=seed, extra=network["extra"])
+                extra = [*network["extra"], *layers]
+                result = sq.train_part(bench, f"{name}_seed{seed}", network["arch"], seed=seed, extra=extra)
                 runs.append(result)
                 print(
                     f"[{time.perf_counter() - start:7.0f} s] {task} {name} seed {seed}: Dice {result['dice']:.4f} "

@@ -2,9 +2,11 @@
 run`."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import BUNDLE, bundle_run, http_server, launch, monai_bundle, run_or_kill
@@ -153,6 +155,19 @@ def test_embedded_dataset_is_generated_only_at_the_default_place(tmp_path):
     assert len(meta["training"]) == 3 and meta["labels"]["2"] == "cancer"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
+    # a set written by another version of the generator is replaced whole; a user's own dataset never is
+    meta["generator"] = "an older generator"
+    (default / "dataset.json").write_text(json.dumps(meta))
+    (default / "imagesTr" / "left_over.nii.gz").write_bytes(b"")
+    mine = tmp_path / "mine"
+    shutil.copytree(default, mine)
+    ensure_dataset(default, synthetic_dir=default, num_cases=3)
+    assert json.loads((default / "dataset.json").read_text())["generator"] != "an older generator"
+    assert not (default / "imagesTr" / "left_over.nii.gz").exists() and len(list((default / "imagesTr").iterdir())) == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    ensure_dataset(mine, synthetic_dir=default)
+    assert json.loads((mine / "dataset.json").read_text())["generator"] == "an older generator"
+
 
 def test_synthetic_case_is_ct_like():
     from scripts.data import synthetic_case
@@ -163,6 +178,23 @@ def test_synthetic_case_is_ct_like():
     organ = image[label == 1].mean()
     assert 80 < organ < 140 and 0 < (label == 1).sum()
     assert set(label.ravel().tolist()) <= {0, 1, 2}
+
+
+def test_synthetic_masses_follow_the_generators_stated_statistics():
+    """Every case has a mass (as MSD Task07); longest diameters 10-40 mm (median about 20 mm), so 0.3-35 mL with
+    the lobes; the organ 10-25 mL; masses both darker and brighter than the parenchyma (docstring of synthetic_case)."""
+    from scripts.data import synthetic_case
+
+    voxel_ml = 1.0 * 1.0 * 2.5 / 1000
+    organ_ml, mass_ml, darker = [], [], []
+    for seed in range(16):
+        image, label = synthetic_case(seed)
+        organ_ml.append((label == 1).sum() * voxel_ml)
+        mass_ml.append((label == 2).sum() * voxel_ml)
+        darker.append(image[label == 2].mean() < image[label == 1].mean())
+    assert min(mass_ml) > 0.2 and max(mass_ml) < 40 and 1.0 < np.median(mass_ml) < 8.0, mass_ml
+    assert 10 < min(organ_ml) and max(organ_ml) < 25, organ_ml
+    assert 0 < sum(darker) < len(darker)
 
 
 def test_release_zip_is_deterministic_and_downloads(dataset, release, tmp_path):

@@ -95,8 +95,8 @@ def test_python_api_lists_infers_and_trains(app_dir, studies, name, monkeypatch)
     bundle = app_dir / "model" / name
     shipped = (bundle / "models" / "model.pt").read_bytes()
     app.train(
-        {"model": name, "max_epochs": 1, "device": "cpu", "val_split": 0.34, "multi_gpu": False,
-         "pretrained": True, "train_batch_size": 1, "val_batch_size": 1}  # fmt: skip
+        {"model": name, "max_epochs": 1, "iterations_per_epoch": 2, "device": "cpu", "val_split": 0.34,
+         "multi_gpu": False, "pretrained": True, "train_batch_size": 1, "val_batch_size": 1}  # fmt: skip
     )
     checkpoint = bundle / "outputs" / "models" / "training_state.pt"
     assert checkpoint.is_file(), "training writes its state to the bundle's output directory"
@@ -104,8 +104,8 @@ def test_python_api_lists_infers_and_trains(app_dir, studies, name, monkeypatch)
 
     trained = torch.load(checkpoint, map_location="cpu", weights_only=True)
     pretrained = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
-    progress = trained["trainer"]  # finished: one epoch of one
-    assert progress["max_epochs"] == 1 and progress["iteration"] == progress["epoch_length"]
+    progress = trained["trainer"]  # finished: one epoch of one, as long as the train panel's iterations_per_epoch
+    assert progress["max_epochs"] == 1 and progress["iteration"] == progress["epoch_length"] == 2
     assert set(trained["network"]) == set(pretrained)
     assert any(not torch.equal(trained["network"][k], pretrained[k]) for k in pretrained), "one epoch changed it"
     assert (bundle / "models" / "model.pt").read_bytes() == shipped, "the shipped weights are not overwritten"

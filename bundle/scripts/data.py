@@ -39,11 +39,28 @@ PathLike = Union[str, os.PathLike]
 
 def ensure_dataset(dataset_dir: PathLike, synthetic_dir: Optional[PathLike] = None, num_cases: int = 24) -> Path:
     """``dataset_dir``, after generating the synthetic dataset there when it is the default (``synthetic_dir``) and
-    has no ``dataset.json`` yet."""
+    has no ``dataset.json`` yet, or one written by another version of the generator (``SYNTHETIC_META``'s
+    ``generator``; the old set is replaced whole, never mixed)."""
     dataset_dir = Path(dataset_dir)
     is_default = synthetic_dir is not None and dataset_dir.resolve() == Path(synthetic_dir).resolve()
-    if is_default and not (dataset_dir / "dataset.json").exists():
+    if not is_default:
+        return dataset_dir
+    meta_file = dataset_dir / "dataset.json"
+
+    def current() -> bool:
+        return json.loads(meta_file.read_text()).get("generator") == SYNTHETIC_META["generator"]
+
+    if not meta_file.exists():
         generate_synthetic_dataset(dataset_dir, num_cases=num_cases)
+    elif not current():
+        fresh = Path(tempfile.mkdtemp(prefix=f".{dataset_dir.name}.new.", dir=dataset_dir.parent))
+        try:
+            generate_synthetic_dataset(fresh / "dataset", num_cases=num_cases)
+            if not current():  # another process (a DDP rank) may have replaced it meanwhile
+                os.replace(dataset_dir, fresh / "stale")
+                os.replace(fresh / "dataset", dataset_dir)
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
     return dataset_dir
 
 
@@ -294,13 +311,58 @@ def _rotation(r: np.random.Generator, max_angle: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def synthetic_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tuple:
-    """One synthetic abdominal CT slab in HU and its label, ``(image int16, label uint8)`` of ``shape``.
+def _smooth_field(r: np.random.Generator, shape, cells: int) -> np.ndarray:
+    """A smooth random field of ``shape`` with zero mean and unit standard deviation: Gaussian noise on a coarse
+    grid of about ``cells`` nodes per axis, interpolated trilinearly."""
+    import torch
 
-    Air outside an elliptic body (-1000 HU), fat (-100) and soft tissue (40) inside, a spine (400), a curved
-    pancreas-like organ (about 110 HU, enhanced) built from overlapping ellipsoids along a random arc, and in most
-    cases a hypodense tumour (about 40 HU) inside the organ. Positions, sizes and orientation vary per case; noise
-    is Gaussian (sigma 15 HU). Spacing is anisotropic (thick axial slices).
+    coarse = torch.from_numpy(r.normal(0, 1, [max(2, min(cells, n)) for n in shape]).astype(np.float32))
+    field = torch.nn.functional.interpolate(coarse[None, None], size=tuple(shape), mode="trilinear")[0, 0].numpy()
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+def _pancreatic_mass(r: np.random.Generator, mm: np.ndarray, organ_mm: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    """A lobulated mass centred in the organ, as a boolean mask on the grid ``mm`` (3, X, Y, Z) in mm.
+
+    Longest diameter log-uniform in 10-40 mm (AJCC pancreas T1 <= 20 mm and T2 20-40 mm, the resectable masses of
+    MSD Task07), capped at 0.4 of the smaller in-plane field of view so small test volumes keep some organ; the other
+    two axes 0.6-1.0 of it; one to three lobes on its surface."""
+    diameter = min(float(np.exp(r.uniform(np.log(10.0), np.log(40.0)))), 0.4 * float(min(extent[:2])))
+    radii = diameter / 2 * np.array([1.0, r.uniform(0.6, 1.0), r.uniform(0.6, 1.0)])
+    centre = organ_mm[r.integers(len(organ_mm))]
+    rotation = _rotation(r, np.pi)
+    mass = _ellipsoid(mm, centre, radii, rotation)
+    for _ in range(r.integers(1, 4)):
+        towards = r.normal(size=3)
+        lobe_centre = centre + towards / np.linalg.norm(towards) * radii.min() * r.uniform(0.5, 0.9)
+        mass |= _ellipsoid(mm, lobe_centre, radii * r.uniform(0.35, 0.6), _rotation(r, np.pi))
+    return mass
+
+
+def synthetic_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tuple:
+    """One synthetic portal-venous abdominal CT slab in HU and its label, ``(image int16, label uint8)`` of
+    ``shape``: 0 background, 1 pancreas, 2 pancreatic mass.
+
+    Air outside an elliptic body (-1000 HU), fat (-100) and soft tissue (40) inside, a spine (400), and a curved
+    pancreas-like organ (head to tail along a random arc over 60-75 % of the field's width, 18-24 mm thick at the
+    head and 10-16 mm at the tail, about 15-20 mL at the default size) enhancing to 90-130 HU. Every case
+    has a mass, as every case of MSD Task07 does: Simpson et al. 2019, "A large annotated medical image dataset for
+    the development and evaluation of segmentation algorithms", arXiv:1902.09063, describe it as portal-venous
+    CT of patients undergoing resection of a pancreatic mass (intraductal mucinous neoplasm, neuroendocrine tumour
+    or ductal adenocarcinoma), labelled as pancreas and mass (cyst or tumour). So the mass is drawn from those
+    three kinds:
+
+    - size: longest diameter log-uniform in 10-40 mm (median 20 mm), the range of the AJCC 8th edition's T1
+      (<= 2 cm) and T2 (2-4 cm) pancreatic tumours, i.e. resectable masses; 0.5-34 mL. (Task07's per-case
+      volumes were not reachable from where this generator was written; this range is the stated assumption.)
+    - shape: a rotated ellipsoid with one to three lobes, centred in the organ and free to expand it (mass
+      effect), as exophytic masses and cysts do;
+    - contrast: 60 % solid hypo-attenuating (ductal adenocarcinoma: 25-60 HU below the parenchyma, with a smooth
+      internal heterogeneity of 8 HU), 30 % cystic (0-25 HU, near water), 10 % hyper-enhancing (neuroendocrine
+      tumour: 20-40 HU above the parenchyma).
+
+    Noise is Gaussian (sigma 15 HU). Spacing is anisotropic (thick axial slices). Positions, sizes and orientation
+    vary per case.
     """
     r = np.random.default_rng(seed)
     mm = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")).astype(np.float32)
@@ -314,21 +376,25 @@ def synthetic_case(seed: int, shape=(96, 96, 40), spacing=(1.0, 1.0, 2.5)) -> tu
     spine = _ellipsoid(mm, centre + [0, 0.25 * extent[1], 0], np.array([8.0, 8.0, 1e3]), np.eye(3))
     image[spine] = 400.0
     label = np.zeros(shape, np.uint8)
-    start = centre + [r.uniform(-18, -8), r.uniform(-8, 8), r.uniform(-8, 8)]
+    start = centre + [-r.uniform(0.3, 0.38) * extent[0], r.uniform(-8, 8), r.uniform(-8, 8)]
     direction = np.array([1.0, r.uniform(-0.4, 0.4), r.uniform(-0.3, 0.3)])
-    bend = r.uniform(-0.02, 0.02)
-    for t in np.linspace(0, r.uniform(32, 44), 9):
+    bend = r.uniform(-0.01, 0.01)
+    length = r.uniform(0.6, 0.75) * extent[0]
+    for t in np.linspace(0, length, 13):  # head to tail: thickness tapers from 18-24 mm to 10-16 mm
         point = start + t * direction / np.linalg.norm(direction) + [0, bend * t * t, 0]
-        radii = np.array([r.uniform(6, 9), r.uniform(5, 8), r.uniform(5, 8)])
-        label[_ellipsoid(mm, point, radii, _rotation(r, 0.5)) & body] = 1
-    image[label == 1] = 110.0
-    if r.random() < 0.8:
-        organ = np.argwhere(label == 1)
-        tumour_centre = organ[r.integers(len(organ))] * np.array(spacing)
-        radii = r.uniform(3.5, 7.0, 3)
-        tumour = _ellipsoid(mm, tumour_centre, radii, _rotation(r, 1.0)) & (label == 1)
-        label[tumour] = 2
-        image[tumour] = 40.0
+        head = 1.0 - t / length
+        radii = np.array([r.uniform(6, 9), r.uniform(5, 8), r.uniform(5, 8)]) + 4.0 * head
+        label[_ellipsoid(mm, point, radii, _rotation(r, 0.5)) & body & ~spine] = 1
+    parenchyma = r.uniform(90, 130)
+    image[label == 1] = parenchyma
+    organ_mm = np.argwhere(label == 1) * np.array(spacing)
+    if len(organ_mm):
+        mass = _pancreatic_mass(r, mm, organ_mm, extent) & body & ~spine
+        kind = r.choice(3, p=[0.6, 0.3, 0.1])
+        hu = [parenchyma - r.uniform(25, 60), r.uniform(0, 25), parenchyma + r.uniform(20, 40)][kind]
+        texture = 8.0 * _smooth_field(r, shape, 8) if kind == 0 else 0.0
+        label[mass] = 2
+        image[mass] = (hu + texture)[mass] if kind == 0 else hu
     image += r.normal(0, 15, shape).astype(np.float32)
     return np.clip(image, -1024, 3071).astype(np.int16), label
 
@@ -344,6 +410,7 @@ SYNTHETIC_META = {
     "name": "SyntheticPancreas",
     "description": "Synthetic abdominal CT slabs with a pancreas-like organ and tumour (generated)",
     "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+    "generator": "scripts.data.synthetic_case/2",
 }
 
 
@@ -394,6 +461,8 @@ def generate_synthetic_dataset(
             "training": training,
             "test": test,
         }
+        if "generator" in described:
+            meta["generator"] = described["generator"]
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n")
         if dataset_dir.exists():
             dataset_dir.rmdir()  # an empty folder may stand in the way; a non-empty one raises

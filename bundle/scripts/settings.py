@@ -53,6 +53,10 @@ SETTINGS: Dict[str, dict] = {
     "sw_overlap": _OVERLAP,
     "learning_rate": {"type": "number", "exclusiveMinimum": 0},
     "max_epochs": _POSITIVE_INT,
+    "iterations_per_epoch": {
+        **_POSITIVE_INT,
+        "description": "optimizer steps per epoch, whatever the number of training cases (the data is cycled)",
+    },
     "val_interval": _POSITIVE_INT,
     "restart": {"type": "boolean"},
     "inference_runtime": {"enum": list(RUNTIMES), "description": "auto measures the candidates on this machine"},
