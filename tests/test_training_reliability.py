@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "training_reliability.py"
 
 
-@pytest.mark.slow  # 8 tiny trainings and their evaluations: about 3 min on 2 cores
+@pytest.mark.slow  # 10 tiny trainings and their evaluations: about 4 min on 2 cores
 def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
     records = tmp_path / "records"
     args = [BENCHMARK, "--quick", "--work_dir", tmp_path / "work", "--records_dir", records]
@@ -39,3 +39,19 @@ def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (records / "embedded").glob("*.json")} == kept
     assert json.loads((records / "training_reliability.json").read_text())["tasks"] == report["tasks"]
+
+    # a recipe variant (--layers) on some networks (--networks): its own records folder, the layer in every record
+    variant = tmp_path / "lr_variant.json"
+    variant.write_text(json.dumps({"learning_rate": 0.0125}))
+    work = tmp_path / "work"
+    args = [BENCHMARK, "--quick", "--work_dir", work, "--networks", "demo_searched", "--layers", variant]
+    done = launch(args, ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = work / "records" / "tiny_profile+lr_variant"
+    report = json.loads((folder / "training_reliability.json").read_text())
+    assert report["layers"] == ["lr_variant.json"] and set(report["tasks"]["embedded"]) == {"demo_searched"}
+    made = sorted((folder / "embedded").glob("*.json"))
+    assert [p.name for p in made] == ["train_demo_searched_seed0.json", "train_demo_searched_seed1.json"]
+    assert all('"learning_rate": 0.0125' in p.read_text() for p in made)
+    wrong = launch([BENCHMARK, "--quick", "--work_dir", work, "--networks", "no_such_net"], ROOT, timeout=300)
+    assert wrong.returncode != 0 and "no_such_net" in wrong.stderr
