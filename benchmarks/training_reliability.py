@@ -156,10 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             parser.error(f"--networks {args.networks}: unknown {sorted(set(wanted) - set(chosen))}; of {list(chosen)}")
         for name in wanted:
             network = chosen[name]
+            extra = [*network["extra"], *layers]
             runs: List[Dict[str, Any]] = []
             for seed in range(args.seeds):
                 t = time.perf_counter()
-                extra = [*network["extra"], *layers]
                 result = sq.train_part(bench, f"{name}_seed{seed}", network["arch"], seed=seed, extra=extra)
                 runs.append(result)
                 print(
