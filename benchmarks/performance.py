@@ -13,6 +13,10 @@ Sections (``--sections``, default all):
   ``TopologySearch.decode`` from freshly initialised alphas, seed 0), ``SegResNet`` and ``UNet`` of similar size.
 - ``search``: one SGD training step of the supernets vs the derived network (same width, same patch), and of
   MONAI's ``TopologySearch`` (12 blocks, 4 depths, channel_mul 0.5).
+- ``train``: the training step of the network ``make demo`` finds (CPU profile: F=8, 4 crops of 32^3; and at the
+  default width: F=32, one 96^3 crop) in float32 and under bfloat16 autocast, each in both memory formats: seconds,
+  GFLOP/s (a step counted as three times the forward convolutions' 2 x MACs) and efficiency against the float32
+  conv3d peak measured in the same run.
 - ``cost``: compute of coarse + fine search at the configs' default budget / compute of the default training run,
   from the iteration counts in the configs and the step and window times measured in ``search`` and ``monai``.
 - ``dice``: Dice per unit of compute on the embedded data at the CPU profile: the network the search finds (seed 0)
@@ -315,8 +319,45 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
     }
 
 
+FOUND = {"levels": (2, 2, 3, 3, 3, 2, 1, 1), "ops": ("3D", "P3D", "3D", "P3D", "P3D", "2D", "P3D", "3D")}  # make demo's
+
+
+def job_train_variant(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_):
+    """Seconds of one SGD + DiceCE step of ``FOUND`` (``batch`` crops of ``roi``^3), optionally in
+    ``channels_last_3d`` and under bfloat16 autocast (CPU) or float16 AMP (CUDA)."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from networks import Architecture, C2FNASNet
+    from networks.complexity import window_macs
+
+    torch.manual_seed(0)
+    arch = Architecture(FOUND["levels"], FOUND["ops"])
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model = C2FNASNet(arch, 1, 3, width).to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
+    x = torch.randn(batch, 1, roi, roi, roi, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 3, (batch, 1, roi, roi, roi), device=device)
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=bf16 and device.type == "cuda")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=bf16):
+            loss = loss_function(model(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    step()
+    seconds = _timed(step, device, steps)
+    return {"seconds": seconds, "macs": window_macs(arch, 1, 3, width, roi) * batch, "peak_bytes": _peak_bytes(device)}
+
+
 JOBS = {
     "conv_peak": job_conv_peak,
+    "train_variant": job_train_variant,
     "conv_shapes": job_conv_shapes,
     "sliding_window": job_sliding_window,
     "window": job_window,
@@ -482,6 +523,40 @@ def section_search(args, found: dict) -> None:
             )
         )
     print("targets for the supernets: time ratio <= 1.15, memory ratio <= 1.25")
+
+
+def section_train(args, found: dict) -> None:
+    """The found network's training step in float32 and bfloat16 (AMP on CUDA), both memory formats."""
+    peak = found.get("conv_peak") or run_child(job="conv_peak", device=args.device)
+    found["conv_peak"] = peak
+    print(f"float32 conv3d peak: {peak['gflops']:.1f} GFLOP/s ({peak['shape']}, {peak['format']})")
+    half = "bfloat16" if args.device == "cpu" else "float16 AMP"
+    for width, roi, batch, label in ((8, 32, 4, "CPU profile: F=8, 4 x 32^3"), (32, 96, 1, "default: F=32, 96^3")):
+        print(f"\n{label}, median of {args.steps} steps:")
+        print(_row("variant", "seconds", "GFLOP/s", "efficiency", "speed-up", "peak GiB"))
+        base = None
+        for channels_last, bf16 in ((False, False), (True, False), (False, True), (True, True)):
+            name = f"{half if bf16 else 'float32'}, {'channels_last_3d' if channels_last else 'contiguous'}"
+            spec = dict(width=width, roi=roi, batch=batch, channels_last=channels_last, bf16=bf16, steps=args.steps)
+            try:
+                res = run_child(job="train_variant", device=args.device, **spec)
+            except RuntimeError as e:
+                print(f"{name}: failed: {e}")
+                continue
+            base = base or res
+            gflops = 3 * 2 * res["macs"] / res["seconds"] / 1e9
+            found.setdefault("train", {})[f"{label} / {name}"] = {**res, "gflops": gflops}
+            print(
+                _row(
+                    name,
+                    f"{res['seconds']:.3f}",
+                    f"{gflops:.1f}",
+                    f"{gflops / peak['gflops']:.2f}",
+                    f"{base['seconds'] / res['seconds']:.2f}",
+                    f"{res['peak_bytes'] / GIB:.2f}",
+                )
+            )
+    print("targets: float32 training step >= 0.7 of the conv peak; bfloat16 >= 1.5x float32 (issue 29)")
 
 
 def section_cost(args, found: dict) -> None:
@@ -652,6 +727,7 @@ SECTIONS = {
     "shapes": section_shapes,
     "monai": section_monai,
     "search": section_search,
+    "train": section_train,
     "cost": section_cost,
     "dice": section_dice,
     "e2e": section_e2e,

@@ -152,6 +152,10 @@ class Bench:
         self.tag = "" if max_epochs is None else f"_e{max_epochs}"
         self.machine = machine()
         self.reused: List[str] = []
+        self.carried: List[str] = []  # parts carried over a code change (``part``)
+        # trainings are also scored on these never-seen cases when set (``train_part``): (folder, what makes them)
+        self.heldout: Optional[tuple] = None
+        self.reproduced: Dict[str, Optional[str]] = {}  # group -> the part that reproduced its record, or None
 
     def config_files(self, stage: str, extra: Sequence[Path] = ()) -> List[str]:
         """The configs stage ``stage`` of the bundle's chain merges, with the profile and ``extra`` last."""
@@ -188,27 +192,72 @@ class Bench:
             raise RuntimeError(f"{' '.join(argv[:4])} failed (exit {process.returncode}); see {log}: {lines[-1:]}")
         return wall
 
-    def part(self, name: str, inputs: Dict[str, Any], run: Callable[[Path], Dict[str, Any]], resumable: bool = False):
+    def part(
+        self,
+        name: str,
+        inputs: Dict[str, Any],
+        run: Callable[[Path], Dict[str, Any]],
+        resumable: bool = False,
+        group: Optional[str] = None,
+    ):
         """The result of part ``name``: reused from ``parts/<name>.json`` when its ``inputs`` are unchanged, else
         ``run(folder)``. A part that did not finish restarts in an empty folder, unless it is ``resumable`` (a
-        search: the bundle resumes it from its saved state) and was started with the same inputs."""
+        search: the bundle resumes it from its saved state) and was started with the same inputs.
+
+        Carrying records over a code change: parts of one ``group`` (one network's training seeds) whose records
+        differ from their inputs only in ``CARRIED`` (the code's digest, the data generator's) are kept when the
+        first of them, run again, reproduces its record exactly (every Dice to 1e-6): the change did not change what
+        that training computes. The others are then re-keyed without running, each noting the reproduction
+        (``carried_over``). If the reproduction differs, every part of the group runs again."""
         inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
         key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         record_file = self.records_dir / f"{name}.json"
         folder = self.work_dir / "runs" / name
+        stale = None
         if self.reuse and record_file.exists():
             record = json.loads(record_file.read_text())
             if record.get("key") == key:
                 self.reused.append(name)
                 return record["result"]
+            if group is not None and _differs_only_in(record.get("inputs", {}), inputs, CARRIED):
+                stale = record
+        if stale is not None and self.reproduced.get(group):
+            carried = {"from": {k: stale["inputs"].get(k) for k in CARRIED}, "verified_by": self.reproduced[group]}
+            atomic_json(record_file, {"key": key, "inputs": inputs, "result": stale["result"], "carried_over": carried})
+            self.carried.append(name)
+            return stale["result"]
         started = folder / ".benchmark_key"
         if folder.exists() and not (resumable and started.exists() and started.read_text() == key):
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         started.write_text(key)
         result = run(folder)
-        atomic_json(record_file, {"key": key, "inputs": inputs, "result": result})
+        record = {"key": key, "inputs": inputs, "result": result}
+        if stale is not None and group not in self.reproduced:
+            same = _same_dice(stale["result"], result)
+            self.reproduced[group] = name if same else None
+            record["reproduces_previous_record"] = same
+        atomic_json(record_file, record)
         return result
+
+
+CARRIED = ("code", "dataset_dir")  # inputs a record may be carried over between (Bench.part)
+
+
+def _differs_only_in(old: Dict[str, Any], new: Dict[str, Any], keys: Sequence[str]) -> bool:
+    def rest(d: Dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in d.items() if k not in keys}, sort_keys=True, default=str)
+
+    return bool(old) and rest(old) == rest(new)
+
+
+def _same_dice(old: Dict[str, Any], new: Dict[str, Any], tolerance: float = 1e-6) -> bool:
+    """Whether two training results hold the same Dice (mean and every class) to ``tolerance``."""
+    pairs = [(old.get("dice"), new.get("dice"))]
+    pairs += [(old.get("per_class", {}).get(c), v) for c, v in new.get("per_class", {}).items()]
+    return set(old.get("per_class", {})) == set(new.get("per_class", {})) and all(
+        (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tolerance) for a, b in pairs
+    )
 
 
 def config_inputs(files: Sequence[Path], drop_search: bool = False) -> Dict[str, Any]:
@@ -285,11 +334,22 @@ def train_part(
         wall_train = bench.bundle_run(folder / "train.log", "train", overrides, extra)
         wall_eval = bench.bundle_run(folder / "evaluate.log", "evaluate", overrides, extra)  # the trained weights
         report = json.loads((folder / "eval" / "dice_per_class.json").read_text())
-        return {"dice": report["mean_dice"], "per_class": report["per_class"], "wall_s": wall_train + wall_eval}
+        result = {"dice": report["mean_dice"], "per_class": report["per_class"], "wall_s": wall_train + wall_eval}
+        if bench.heldout is not None:  # the same weights on never-seen cases, every one of them scored
+            weights = parsed(evaluate, overrides).get_parsed_content("trained_ckpt_file")  # the chain's hand-off
+            scored = {**overrides, "output_dir": str(folder / "heldout"), "ckpt_file": str(weights)}
+            scored.update({"dataset_dir": str(bench.heldout[0]), "val_fraction": 1.0})
+            bench.bundle_run(folder / "heldout.log", "evaluate", scored, extra)
+            report = json.loads((folder / "heldout" / "eval" / "dice_per_class.json").read_text())
+            result["heldout"] = {"dice": report["mean_dice"], "per_class": report["per_class"]}
+        return result
 
     configs = [config_inputs(train, drop_search=True), config_inputs(evaluate, drop_search=True)]
     inputs = {"configs": configs, "arch": arch, "seed": seed, "budget": budget}
-    return bench.part(f"train_{name}{bench.tag}", {**inputs, "code": code_digest(TRAIN_CODE)}, run)
+    if bench.heldout is not None:
+        inputs["heldout"] = bench.heldout[1]
+    group = re.sub(r"_seed\d+$", "", f"train_{name}") + bench.tag  # one network's seeds
+    return bench.part(f"train_{name}{bench.tag}", {**inputs, "code": code_digest(TRAIN_CODE)}, run, group=group)
 
 
 def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], seed: int) -> Dict[str, dict]:
@@ -659,7 +719,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "--task",
         choices=["embedded", *TASKS],
         default="embedded",
-        help="a generated task (benchmarks/tasks.py): tubes, the harder one; prostate_mr, kidney_ct",
+        help="a generated task (benchmarks/tasks.py): tubes (harder), prostate_mr, kidney_ct, brain_mr (real anatomy)",
     )
     parser.add_argument("--profile", type=Path, default=CONFIGS / "cpu_profile.json", help="budget profile")
     parser.add_argument("--work_dir", type=Path, default=None, help="default: runs/search_quality[_tubes]")

@@ -8,17 +8,24 @@ reference (a ``network_def`` layer over ``train.json``). The tasks: the embedded
 tasks of ``benchmarks/tasks.py``.
 
 It reports, per task and network: the mean and standard deviation over seeds of the mean Dice (the bundle's Dice),
-per class how many seeds learnt it (class Dice > 0.5), and the wall time of a training and its evaluation. It writes
-``training_reliability.json`` and ``training_reliability.png`` (every seed's mean Dice) into the records folder.
+per class how many seeds learnt it (class Dice > 0.5), the wall time of a training and its evaluation, and each
+network's multiply-adds per window (the plan's patch, batch 1). It writes ``training_reliability.json``,
+``training_reliability.png`` (every seed's mean Dice) and ``dice_vs_gmacs.png`` (mean Dice against multiply-adds,
+with the Pareto front) into the records folder.
 
 Each finished training is a small JSON record with what it depends on (the merged configs without the search's ids,
 the architecture, the seed, the digest of the code it runs, the task's generator, the CPU model), kept under
 ``--records_dir`` (default ``benchmarks/results/training_reliability/<profile>/``, committed to the repository).
 A run reuses every record whose inputs are unchanged, so it continues after an interruption, or on another machine
-with the same CPU model; scratch outputs go to ``--work_dir``.
+with the same CPU model; scratch outputs go to ``--work_dir``. After a change of the code or the data generator, a
+network's first seed trains again; if it reproduces its record exactly, the other seeds' records are carried over
+(``search_quality.Bench.part``), else they train again too.
 
     .venv/bin/python benchmarks/training_reliability.py [--tasks embedded,tubes] [--seeds 5] [--random 3] [--quick]
-        [--networks demo_searched,monai_unet] [--layers benchmarks/recipes/adamw.json]
+        [--networks demo_searched,monai_unet] [--layers benchmarks/recipes/adamw.json] [--heldout 20]
+
+``--heldout N`` also scores every trained network on N never-seen cases of its task (the generator's seed 1), all
+of them, not the 5 validation cases that chose its checkpoint: a ruler with less case-sampling noise.
 
 ``--layers`` merges recipe variants (config layers in ``benchmarks/recipes/``) after the profile; their records go to
 a folder named after the profile and the layers, so each variant's figures stand beside the profile's own.
@@ -32,7 +39,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402  (the benchmark that runs the bundle's stages and keeps their records)
@@ -61,11 +68,17 @@ def networks(bench: sq.Bench, num_random: int) -> Dict[str, Dict[str, Any]]:
 
 
 def summarise(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Mean and standard deviation over seeds of the mean Dice, seeds that learnt each class, mean wall time."""
+    """Mean and standard deviation over seeds of the mean Dice, seeds that learnt each class, mean wall time; the
+    same figures on the held-out cases (``heldout``) when every run was scored on them."""
     dice = [r["dice"] for r in runs]
     classes = list(runs[0]["per_class"])
     learnt = {c: sum(1 for r in runs if (r["per_class"][c] or 0.0) > LEARNT) for c in classes}
+    heldout = {}
+    if all("heldout" in r for r in runs):
+        scored = summarise([{**r["heldout"], "wall_s": r["wall_s"]} for r in runs])
+        heldout = {"heldout": {k: v for k, v in scored.items() if k != "wall_s"}}
     return {
+        **heldout,
         "seeds": len(runs),
         "mean_dice": statistics.fmean(dice),
         "std_dice": statistics.stdev(dice) if len(dice) > 1 else 0.0,
@@ -77,8 +90,49 @@ def summarise(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
-def plot(report: Dict[str, Any], path: Path) -> Path:
-    """Every seed's mean Dice per network, one panel per task."""
+def heldout_dataset(task: str, folder: Path, cases: int) -> Path:
+    """``cases`` labelled cases of ``task`` never seen in training: the same generator with seed 1 (the training
+    data is seed 0), generated once into ``folder/<task>_heldout<cases>``."""
+    target = folder / f"{task}_heldout{cases}"
+    if task != "embedded":
+        return sq.task_dataset(task, target, cases, 0, seed=1)
+    if not (target / "dataset.json").exists():
+        sq.bundle_importable()
+        from scripts.data import generate_synthetic_dataset
+
+        generate_synthetic_dataset(target, cases, 0, seed=1)
+    return target
+
+
+def window_gmacs(bench: sq.Bench, arch: Optional[dict], extra: Sequence[Path]) -> float:
+    """Multiply-adds (1e9) of one window (the plan's ``roi_size``, batch 1) of the network ``train.json`` builds for
+    ``arch`` (C2FNAS) or the network override in ``extra``, counted on the meta device."""
+    from networks import DEFAULT_ARCHITECTURE_FILE, Architecture, save_architecture
+    from networks.complexity import count_macs
+
+    folder = bench.work_dir / "cost"
+    arch_file = DEFAULT_ARCHITECTURE_FILE
+    if arch is not None:
+        arch_file = folder / "architecture.json"
+        save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
+    parser = sq.parsed(bench.config_files("train", extra), bench.overrides(folder, arch_file=str(arch_file)))
+    roi, channels = parser.get_parsed_content("roi_size"), parser.get_parsed_content("in_channels")
+    return count_macs(parser.get_parsed_content("network_def"), (1, channels, *roi)) / 1e9
+
+
+def pareto_front(points: Sequence[tuple]) -> List[int]:
+    """Indices of the ``(cost, value)`` points no other point beats (lower or equal cost and higher value, or
+    lower cost and equal value), by increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front: List[int] = []
+    for i in order:
+        if not front or points[i][1] > points[front[-1]][1]:
+            front.append(i)
+    return front
+
+
+def _panels(report: Dict[str, Any], path: Path, draw: Callable[[Any, Dict[str, Any]], None], title: str) -> Path:
+    """One panel per task, ``draw(axes, rows)`` filling each, saved atomically as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,21 +141,47 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     from networks.fileio import atomic_write
 
     tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.0, 4.5 * len(tasks)), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.0, 5.0 * len(tasks)), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        rows = report["tasks"][task]
+        draw(ax, report["tasks"][task])
+        ax.set_title(task)
+    fig.suptitle(f"{title} ({report['profile']})", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_cost(report: Dict[str, Any], path: Path) -> Path:
+    """Mean Dice (± std over seeds) against multiply-adds per window, one panel per task, the Pareto front drawn."""
+
+    def draw(ax: Any, rows: Dict[str, Any]) -> None:
+        names = list(rows)
+        points = [(rows[n]["gmacs"], rows[n]["mean_dice"]) for n in names]
+        for name, (cost, dice) in zip(names, points):
+            ax.errorbar(cost, dice, yerr=rows[name]["std_dice"], fmt="o", capsize=3)
+            ax.annotate(name, (cost, dice), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = pareto_front(points)
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
+        ax.set_xlabel("GMACs per window")
+        ax.set_ylabel("mean Dice over seeds (validation)")
+        ax.legend(fontsize=8)
+
+    return _panels(report, path, draw, "Dice against compute")
+
+
+def plot(report: Dict[str, Any], path: Path) -> Path:
+    """Every seed's mean Dice per network, one panel per task."""
+
+    def draw(ax: Any, rows: Dict[str, Any]) -> None:
         for i, (name, row) in enumerate(rows.items()):
             ax.scatter([i] * len(row["per_seed"]), row["per_seed"], s=18, alpha=0.7)
             ax.errorbar(i + 0.25, row["mean_dice"], yerr=row["std_dice"], fmt="k_", capsize=3)
         ax.set_xticks(range(len(rows)), list(rows), rotation=60, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_title(task)
         ax.set_ylabel("mean Dice (validation)")
-    fig.suptitle(f"each training seed's Dice, mean ± std ({report['profile']})", fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
+
+    return _panels(report, path, draw, "each training seed's Dice, mean ± std")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -115,6 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny profile, embedded data, T=2, R=1: that it runs")
     parser.add_argument("--no_reuse", action="store_true", help="train everything again")
     parser.add_argument("--networks", default=None, help="comma-separated subset of the networks (default: all)")
+    parser.add_argument(
+        "--heldout", type=int, default=0, help="also score every training on this many never-seen generated cases"
+    )
     parser.add_argument(
         "--layers", default="", help="comma-separated config files merged after the profile: a recipe variant"
     )
@@ -148,6 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         dataset_dir = None if task == "embedded" else sq.task_dataset(task, work_dir / "data" / task)
         key = {"task": task, "generator": sq.code_digest(["benchmarks/tasks.py", "bundle/scripts/data.py"])}
         bench = sq.Bench(work_dir / task, dataset_dir, profile, not args.no_reuse, None, records / task, key)
+        if args.heldout:
+            bench.heldout = (heldout_dataset(task, work_dir / "data", args.heldout), {"cases": args.heldout, "seed": 1})
         machine = bench.machine
         report["tasks"][task] = {}
         chosen = networks(bench, args.random)
@@ -167,11 +252,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     f"{json.dumps(result['per_class'])} ({time.perf_counter() - t:.0f} s)",
                     flush=True,
                 )
-            report["tasks"][task][name] = {"arch": network["arch"], **summarise(runs)}
+            cost = window_gmacs(bench, network["arch"], extra)
+            report["tasks"][task][name] = {"arch": network["arch"], "gmacs": cost, **summarise(runs)}
+        if bench.carried:
+            report.setdefault("carried_over", {})[task] = {"parts": bench.carried, "verified_by": bench.reproduced}
+            print(f"{task}: {len(bench.carried)} records carried over a code change, verified by {bench.reproduced}")
     report["machine"] = machine
     report["wall_s"] = time.perf_counter() - start
     sq.atomic_json(records / "training_reliability.json", report)
     plot(report, records / "training_reliability.png")
+    plot_cost(report, records / "dice_vs_gmacs.png")
     print_report(report)
     return report
 
@@ -180,14 +270,22 @@ def print_report(report: Dict[str, Any]) -> None:
     """One Markdown table per task."""
     for task, rows in report["tasks"].items():
         print(f"\n{task} ({report['profile']}; learnt: class Dice > {report['learnt_above']})\n")
-        print("| network | mean Dice over seeds | std | range | seeds learning each class | train + evaluate |")
-        print("|---|---|---|---|---|---|")
+        print("| network | mean Dice over seeds | std | range | seeds learning each class | GMACs per window | "
+              "train + evaluate |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for name, row in rows.items():
             learnt = ", ".join(f"{c} {n}/{row['seeds']}" for c, n in row["learnt"].items())
             print(
                 f"| {name} | {row['mean_dice']:.4f} | {row['std_dice']:.4f} | {row['min_dice']:.3f}–"
-                f"{row['max_dice']:.3f} | {learnt} | {row['wall_s']:.0f} s |"
+                f"{row['max_dice']:.3f} | {learnt} | {row['gmacs']:.3f} | {row['wall_s']:.0f} s |"
             )
+            if "heldout" in row:  # the same trainings scored on the never-seen cases
+                held = row["heldout"]
+                held_learnt = ", ".join(f"{c} {n}/{held['seeds']}" for c, n in held["learnt"].items())
+                print(
+                    f"| {name}, held-out cases | {held['mean_dice']:.4f} | {held['std_dice']:.4f} | "
+                    f"{held['min_dice']:.3f}–{held['max_dice']:.3f} | {held_learnt} | | |"
+                )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from networks import Architecture, C2FNASSupernet
 from networks.c2fnas import ArchLike, as_architecture
@@ -20,6 +20,9 @@ class CoarseSearch(SearchStage):
     trained on it (each iteration: one topology of the cluster, one op per cell, uniformly) and scored by the mean
     Dice of ``score_samples`` sampled members. Aging evolution then searches the best cluster, the fitness of a
     topology being its Dice averaged over ``op_samples`` op assignments. Writes the best topology (no ops).
+
+    With a compute budget (``max_gmacs``), a cluster holds only the topologies whose cheapest op assignment fits
+    it (a cluster left empty is not trained), and every op assignment drawn fits it too.
 
     Args:
         settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
@@ -68,8 +71,14 @@ class CoarseSearch(SearchStage):
         }
 
     def op_sample(self, topology: Sequence[int], j: int) -> Tuple[str, ...]:
+        """The ``j``-th op assignment of ``topology`` (seeded; within the budget when there is one)."""
         s = self.settings
-        return random_ops(rng(s.seed, "coarse-ops", tuple(topology), j), len(topology), s.ops)
+        r = rng(s.seed, "coarse-ops", tuple(topology), j)
+        return self.budgeted_ops(r, topology) if s.max_gmacs > 0 else random_ops(r, len(topology), s.ops)
+
+    def members(self, k: int) -> List[Tuple[int, ...]]:
+        """The topologies of cluster ``k`` that the budget admits (all of them without one)."""
+        return [t for t in self.space.clusters[k] if self.within_budget(self.cheapest(t))]
 
     def topology_fitness(
         self, supernet: C2FNASSupernet, topology: Sequence[int], context: Optional[str] = None
@@ -102,8 +111,15 @@ class CoarseSearch(SearchStage):
         if finished is not None:
             return finished
         tensors = self.state.tensors  # "best_supernet": weights of the best cluster so far; "supernet"...: in training
+        self.check_budget(self.space.topologies)
         for k in range(self.progress["cluster"], self.space.num_clusters):
-            members = self.space.clusters[k]
+            members = self.members(k)
+            if not members:
+                self.progress["clusters"].append({"cluster": k, "size": 0, "score": None, "samples": []})
+                self.logger.info(f"cluster {k}: no topology within max_gmacs {self.settings.max_gmacs}; not trained")
+                self.progress.update({"cluster": k + 1, "iteration": 0})
+                self.state.save()
+                continue
             supernet = self.build_supernet(members, "cluster", k)
             if tensors.get("supernet") is not None:  # resuming inside this cluster's training
                 supernet.load_state_dict(tensors["supernet"])
@@ -128,7 +144,7 @@ class CoarseSearch(SearchStage):
             self.state.save()
 
         k = self.progress["best_cluster"]
-        members = self.space.clusters[k]
+        members = self.members(k)
         supernet = self.build_supernet(members, "cluster", k)
         supernet.load_state_dict(tensors["best_supernet"])
         evolution = self.new_evolution(
@@ -149,7 +165,7 @@ class CoarseSearch(SearchStage):
                 evaluations=len(self.progress["evaluations"]),
             ),
         )
-        groups = {str(c["cluster"]): c["samples"] for c in self.progress["clusters"]}
+        groups = {str(c["cluster"]): c["samples"] for c in self.progress["clusters"] if c["samples"]}
         history = {
             "space": self.space.options(),
             "clusters": self.progress["clusters"],

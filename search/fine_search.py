@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from networks import Architecture, ArchitectureError
 from networks.c2fnas import ArchLike, as_architecture
 from search.settings import SearchSettings, SearchSettingsError, check_setting
-from search.space import mutate_ops, random_ops
+from search.space import mutate_ops
 from search.stage import SearchStage
 
 __all__ = ["FineSearch"]
@@ -17,8 +17,8 @@ class FineSearch(SearchStage):
     """Stage 2, one op per cell on a fixed topology.
 
     A supernet on the topology is trained with one op per cell sampled uniformly each iteration, then aging
-    evolution searches the ``len(ops) ** num_cells`` op assignments (mutation: one cell's op). Writes the final
-    architecture.
+    evolution searches the ``len(ops) ** num_cells`` op assignments (mutation: one cell's op), only those within
+    the compute budget (``max_gmacs``) when there is one. Writes the final architecture.
 
     Args:
         settings, train_data, val_data, preprocessing, augmentation, loss_function: as ``SearchStage``.
@@ -58,11 +58,20 @@ class FineSearch(SearchStage):
             )
         return {"architecture": self.supernet_dice(self.kept_supernet("ops"), arch)}
 
+    def budgeted_mutation(self, r: Any, levels: Sequence[int], parent: Sequence[str], draws: int = 100) -> tuple:
+        """The first of up to ``draws`` one-cell mutations of ``parent`` within the budget, else ``parent``."""
+        for _ in range(draws):
+            child = mutate_ops(r, parent, self.settings.ops)
+            if self.within_budget(Architecture(tuple(levels), tuple(child))):
+                return child
+        return tuple(parent)
+
     def run(self) -> Architecture:
         finished = self.begin()
         if finished is not None:
             return finished
-        levels, ops = self.topology.levels, self.settings.ops
+        levels = self.topology.levels
+        self.check_budget([levels])
         supernet = self.build_supernet([levels], "fine")
         if self.state.tensors.get("supernet") is not None:
             supernet.load_state_dict(self.state.tensors["supernet"])
@@ -70,8 +79,8 @@ class FineSearch(SearchStage):
         self.keep_supernet(supernet, "ops")
         self.state.tensors = {"supernet": supernet}  # evolution checkpoints keep the trained supernet
         evolution = self.new_evolution(
-            random_candidate=lambda r: random_ops(r, len(levels), ops),
-            mutate=lambda r, parent: mutate_ops(r, parent, ops),
+            random_candidate=lambda r: self.budgeted_ops(r, levels),
+            mutate=lambda r, parent: self.budgeted_mutation(r, levels, parent),
             fitness=lambda candidate: self.fitness(supernet, Architecture(levels, tuple(candidate)), "fine"),
         )
         best = self.evolve(evolution)
@@ -83,6 +92,7 @@ class FineSearch(SearchStage):
                 topology_provenance=self.topology.provenance,
                 iterations=self.iterations,
                 evaluations=len(self.progress["evaluations"]),
+                gmacs=self.gmacs(Architecture(levels, tuple(best["candidate"]))),
             ),
         )
         return self.finish(arch, history={"topology": list(levels), "evolution": evolution.history})

@@ -73,6 +73,9 @@ class SearchSettings:
         show_progress: progress bars and per-iteration logs (rank 0 only under DDP).
         class_names: names of the foreground classes (``out_channels - 1``), for the per-class Dice the history,
             the logs, TensorBoard and the picture report per candidate; ``class1``, ``class2``... when not given.
+        max_gmacs: a compute budget: the most multiply-adds (in 1e9) one ``roi_size`` window of the deployed network
+            (``base_channels``, batch 1) may cost (``networks.window_macs``); candidates above it are never drawn,
+            bred or chosen, and clusters with no topology within it are not trained. 0: no budget.
         keep_supernets: also write each trained supernet's weights to ``output_dir/supernets/`` so that other
             architectures can be scored after the search (``CoarseSearch.score``, ``FineSearch.score``); off by default
             (at the default budget the eight coarse supernets take several hundred MB).
@@ -104,6 +107,7 @@ class SearchSettings:
     checkpoint_candidates: int = 5
     show_progress: bool = True
     keep_supernets: bool = False
+    max_gmacs: float = 0.0
     class_names: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
@@ -130,6 +134,7 @@ class SearchSettings:
             "checkpoint_candidates": (int, {"minimum": 0}),
             "show_progress": (bool, {}),
             "keep_supernets": (bool, {}),
+            "max_gmacs": (float, {"minimum": 0}),
         }
         for name, (kind, bounds) in checks.items():
             object.__setattr__(self, name, check_setting(name, getattr(self, name), kind, **bounds))

@@ -36,13 +36,14 @@ from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from networks import Architecture, C2FNASSupernet, load_architecture, save_architecture
+from networks.complexity import OP_KERNELS, window_macs
 from networks.fileio import atomic_torch_save, atomic_write_json
 from search.data import DiceEvaluator, PatchStream, cached_dataset
 from search.distributed import barrier, broadcast_object, rank_and_world_size
 from search.engine import cosine_schedule, create_supernet_trainer, run_trainer
 from search.evolution import AgingEvolution
 from search.plots import plot_architecture, plot_fitness
-from search.settings import SearchSettings
+from search.settings import SearchSettings, SearchSettingsError
 from search.space import random_ops, rng
 from search.state import SearchState, SearchStateError
 
@@ -134,7 +135,41 @@ class SearchStage:
             "seed": s.seed,
             "amp": s.amp,
             "world_size": self.world_size,
+            **({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}),  # no budget: as states saved before it
         }
+
+    # ------------------------------------------------------------------ compute budget
+    def gmacs(self, arch: Architecture) -> float:
+        """Multiply-adds (1e9) of one ``roi_size`` window of ``arch`` at the deployed width (``window_macs``)."""
+        s = self.settings
+        return window_macs(arch, s.in_channels, s.out_channels, s.base_channels, s.roi_size) / 1e9
+
+    def within_budget(self, arch: Architecture) -> bool:
+        return self.settings.max_gmacs <= 0 or self.gmacs(arch) <= self.settings.max_gmacs
+
+    def cheapest(self, levels: Sequence[int]) -> Architecture:
+        """``levels`` with every cell's cheapest op: the least multiply-adds of any op assignment (costs add up)."""
+        op = min(self.settings.ops, key=lambda name: sum(OP_KERNELS[name]))
+        return Architecture(tuple(levels), (op,) * len(levels))
+
+    def budgeted_ops(self, r: Any, levels: Sequence[int], draws: int = 100) -> Tuple[str, ...]:
+        """The first of up to ``draws`` uniform op assignments from ``r`` within the budget, else the cheapest."""
+        for _ in range(draws):
+            ops = random_ops(r, len(levels), self.settings.ops)
+            if self.within_budget(Architecture(tuple(levels), ops)):
+                return ops
+        return self.cheapest(levels).ops
+
+    def check_budget(self, topologies: Sequence[Sequence[int]]) -> None:
+        """``SearchSettingsError`` when not even the cheapest architecture on ``topologies`` fits ``max_gmacs``."""
+        s = self.settings
+        if s.max_gmacs > 0 and not any(self.within_budget(self.cheapest(t)) for t in topologies):
+            least = min(self.gmacs(self.cheapest(t)) for t in topologies)
+            raise SearchSettingsError(
+                f"search setting 'max_gmacs' (config or --search_max_gmacs override): {s.max_gmacs} is below the "
+                f"cheapest architecture of the search space ({least:.3f} GMACs per {list(s.roi_size)} window at "
+                f"width {s.base_channels})"
+            )
 
     # ------------------------------------------------------------------ data, evaluation, training
     @property
@@ -235,7 +270,7 @@ class SearchStage:
         if key not in cache:
             cache[key], per_class = self.supernet_dice_per_class(supernet, arch)
             record = {"context": context, "levels": list(arch.levels), "ops": list(arch.ops), "fitness": cache[key]}
-            record["per_class"] = per_class
+            record["per_class"], record["gmacs"] = per_class, self.gmacs(arch)
             self.progress["evaluations"].append(record)
             step = len(self.progress["evaluations"])
             self.writer.add_scalar(f"{self.name}/fitness", cache[key], step)
@@ -364,6 +399,7 @@ class SearchStage:
             "base_channels": s.base_channels,
             "roi_size": list(s.roi_size),
             "ops": list(s.ops),
+            **({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **extra,
         }

@@ -68,6 +68,21 @@ def _rgb(path):
     nib.save(nib.Nifti1Image(np.zeros(shape, [("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4)), str(path))
 
 
+def _listed_again(dataset, how):
+    """Add a training entry that is case 0 again: its image by ``how`` ("another spelling", "symbolic link",
+    "identical copy"), with a label file of its own (a copy) unless spelt another way."""
+    meta = json.loads((dataset / "dataset.json").read_text())
+    image, label = _first(dataset, "imagesTr"), _first(dataset)
+    entry = {"image": "./imagesTr/../imagesTr/" + image.name, "label": "./labelsTr/../labelsTr/" + label.name}
+    if how != "another spelling":
+        again = dataset / "imagesTr" / "again.nii.gz"
+        again.symlink_to(image.name) if how == "symbolic link" else shutil.copy(image, again)
+        shutil.copy(label, dataset / "labelsTr" / "again.nii.gz")
+        entry = {"image": "./imagesTr/again.nii.gz", "label": "./labelsTr/again.nii.gz"}
+    meta["training"].append(entry)
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+
+
 # (name, how to break a copy of the clean dataset -> overrides, expected message pattern with {d} = dataset dir)
 DATA_CASES = [
     ("dataset directory missing", lambda d: {"dataset_dir": str(d) + "_nowhere"}, "{d}_nowhere: dataset directory does not exist"),  # noqa: E501
@@ -105,6 +120,14 @@ DATA_CASES = [
     ("NaN voxels", lambda d: _rewrite(_first(d, "imagesTr"), lambda v, a: (np.where(v > 300, np.nan, v).astype(np.float32), a)),  # noqa: E501
      r"{d}/imagesTr/synthetic_000.nii.gz: image holds \d+ NaN or Inf voxels"),
     ("empty training split", lambda d: {"val_fraction": 1.0}, "{d}/dataset.json: the training split is empty"),
+    ("a case listed twice, spelt another way", lambda d: _listed_again(d, "another spelling"),
+     r"{d}/dataset.json: training entries 0 and 6 name the same image file \({d}/imagesTr/synthetic_000.nii.gz\); "
+     "list each case once"),
+    ("a case listed twice, through a symbolic link", lambda d: _listed_again(d, "symbolic link"),
+     r"{d}/dataset.json: training entries 0 and 6 name the same image file \({d}/imagesTr/synthetic_000.nii.gz\)"),
+    ("a case listed twice, as an identical copy", lambda d: _listed_again(d, "identical copy"),
+     "{d}/dataset.json: training entries 0 and 6 are one image: {d}/imagesTr/synthetic_000.nii.gz and "
+     "{d}/imagesTr/again.nii.gz hold identical bytes"),
 ]  # fmt: skip
 
 
@@ -146,23 +169,59 @@ def test_bad_test_entry_for_inference(dataset, tmp_path, name, breaks, message):
     assert not wrote
 
 
-@pytest.mark.parametrize("kind", ["all-zero affine", "RGB", "symbolic link loop"])
-def test_images_given_with_dataset_data_are_checked_too(dataset, tmp_path, kind):
-    """``--dataset#data`` skips dataset.json, not the checks: the loader checks each file before reading it."""
+def _nan_voxel(path):
+    _rewrite(path, lambda v, a: (np.where(np.arange(v.size).reshape(v.shape) == 7, np.nan, v).astype(np.float32), a))
+
+
+GIVEN_CASES = {  # kind: (how to break a copy of a test image, the message that follows "<image>: ")
+    "all-zero affine": (_zero_affine, "image affine is singular"),
+    "RGB": (_rgb, "image voxels are RGB"),
+    "symbolic link loop": (_symlink_loop, "image is a symbolic link loop"),
+    "NaN voxel": (_nan_voxel, "image holds 1 NaN or Inf voxels"),
+    "2D image": (lambda p: _rewrite(p, lambda v, a: (v[:, :, 0], a)), r"image has shape \(96, 96\); a 3D volume"),
+    "an axis without voxels": (lambda p: _rewrite(p, lambda v, a: (v[:, :, :0], a)),
+                               r"image has shape \(96, 96, 0\), an axis without voxels"),
+    "two channels": (lambda p: _rewrite(p, lambda v, a: (np.stack([v, v], -1), a)),
+                     r"image has 2 channels; the network and its plan take 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("kind", sorted(GIVEN_CASES))
+def test_images_given_with_dataset_data_are_checked_too(dataset, tmp_path, kind, num_workers):
+    """``--dataset#data`` skips dataset.json, not the checks: the loader checks each file it reads (its header
+    before, its voxels after), in the main process or in a data-loading worker, whose error is one line too."""
     image = tmp_path / "given.nii.gz"
     shutil.copy(_first(dataset, "imagesTs"), image)
-    {"all-zero affine": _zero_affine, "RGB": _rgb, "symbolic link loop": _symlink_loop}[kind](image)
-    expected = {"all-zero affine": "image affine is singular", "RGB": "image voxels are RGB",
-                "symbolic link loop": "image is a symbolic link loop"}[kind]  # fmt: skip
+    breaks, expected = GIVEN_CASES[kind]
+    breaks(image)
     code, last, wrote = _run(
         ["inference.json"],
         tmp_path,
         dataset_dir=str(dataset),
         base_channels=32,
+        num_workers=num_workers,
         **{"dataset#data": [{"image": str(image)}]},
     )
-    assert code != 0 and last.startswith(f"DatasetError: {image}: {expected}"), last
+    assert code != 0 and re.match(f"DatasetError: {re.escape(str(image))}: {expected}", last), last
     assert not list((tmp_path / "out").glob("inference/*")), "no segmentation"
+
+
+def test_a_training_image_read_in_a_worker_is_checked_too(dataset, tmp_path):
+    """Cases given from outside (MONAI Label's route) skip the split's checks; with ``cache_rate`` 0 a worker
+    reads them, and a NaN voxel is still one line naming the file."""
+    broken = _copy(dataset, tmp_path)
+    _nan_voxel(_first(broken, "imagesTr"))
+    cases = [{"image": str(_first(broken, "imagesTr")), "label": str(_first(broken))}]
+    code, last, _ = _run(
+        ["train.json"],
+        tmp_path,
+        dataset_dir=str(dataset),
+        cache_rate=0.0,
+        num_workers=2,
+        **{"train#dataset#data": cases},
+    )
+    assert code != 0 and last == f"DatasetError: {_first(broken, 'imagesTr')}: image holds 1 NaN or Inf voxels", last
 
 
 @pytest.mark.parametrize(
@@ -236,3 +295,69 @@ def test_test_image_smaller_than_the_patch_is_padded(tmp_path):
     assert code == 0, last
     (seg,) = (tmp_path / "out" / "inference").glob("*_seg.nii.gz")
     assert nib.load(str(seg)).shape == nib.load(str(_first(dataset, "imagesTs"))).shape
+
+
+def _random_geometry(rng):
+    """A spatial shape (axes of 1 voxel included) and an affine: spacing 0.5-4 mm per axis, any rotation (oblique),
+    flips, an origin anywhere; in 1 of 3 draws the image is 4D with one channel (MSD's channels-last layout)."""
+    shape = tuple(int(rng.choice([1, int(rng.integers(2, 28))], p=[0.25, 0.75])) for _ in range(3))
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # a random orthogonal matrix: rotation or reflection
+    if rng.random() < 0.5:  # also the axis-aligned grids scanners write, permuted and flipped
+        rotation = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(rng.uniform(0.5, 4.0, size=3))
+    affine[:3, 3] = rng.uniform(-200, 200, size=3)
+    return shape + ((1,) if rng.random() < 1 / 3 else ()), affine
+
+
+def test_segmentation_keeps_the_input_shape_and_affine(dataset, tmp_path):
+    """Random shapes and affines (singleton axes, 4D with one channel, oblique and flipped grids, anisotropic
+    spacing): every segmentation has the input's spatial shape and affine. (MONAI's writer dropped trailing axes of
+    1 voxel: a 64 x 64 x 1 image gave a 64 x 64 segmentation.)"""
+    from networks import C2FNASNet
+
+    rng = np.random.default_rng(28)
+    images = []
+    for n in range(20):
+        shape, affine = _random_geometry(rng)
+        image = tmp_path / "given" / f"case{n:02d}.nii.gz"
+        image.parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(rng.normal(40, 30, size=shape).astype(np.float32), affine), str(image))
+        images.append((image, shape[:3], affine))
+    weights = tmp_path / "weights" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(C2FNASNet(str(BUNDLE / "models" / "architecture.json"), 1, 3, 4).state_dict(), weights)
+    bundle_run(["plan.json"], tmp_path, {"dataset_dir": str(dataset), "output_dir": str(weights.parent)})
+    code, last, _ = _run(
+        ["inference.json"],
+        tmp_path,
+        dataset_dir=str(dataset),
+        ckpt_file=str(weights),
+        **{"dataset#data": [{"image": str(image)} for image, _, _ in images]},
+    )
+    assert code == 0, last
+    for image, shape, affine in images:
+        seg = nib.load(str(tmp_path / "out" / "inference" / image.name.replace(".nii.gz", "_seg.nii.gz")))
+        assert seg.shape == shape, (image.name, seg.shape, shape)
+        np.testing.assert_allclose(seg.affine, affine, atol=1e-3, err_msg=image.name)
+
+
+def test_auto3dseg_folds_refuse_a_case_listed_twice(dataset, tmp_path):
+    """Auto3DSeg's datalist: a case listed again (another spelling of its path) in another fold is refused before
+    the fold's split is made, naming both entries."""
+    import importlib.util
+
+    template = BUNDLE.parent / "auto3dseg" / "c2fnas" / "scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("c2fnas_auto3dseg_train", template)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    meta = json.loads((dataset / "dataset.json").read_text())
+    training = [{**item, "fold": i % 5} for i, item in enumerate(meta["training"])]
+    training.append({"image": "imagesTr/../" + training[0]["image"], "label": training[0]["label"], "fold": 4})
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"labels": meta["labels"], "modality": meta["modality"], "training": training}))
+    settings = {"bundle_root": str(BUNDLE), "data_list_file": str(datalist), "data_root": str(dataset), "fold": 0,
+                "data_stats_file": str(tmp_path / "datastats.yaml"), "algo_dir": str(tmp_path / "algo")}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(datalist))}: training entries 0 and 6 name the same image"):
+        train.task_view(settings)
+    assert not (tmp_path / "algo").exists()

@@ -4,6 +4,8 @@ unpacked into the `monaibundle` sample app's model folder, as model-zoo users lo
 1. Python API: the app lists the model and its labels, infers a label volume in the input space, trains one epoch.
 2. Server: `monailabel start_server` on 127.0.0.1 lists the model on `/info/` and answers `POST /infer/<model>`
    with a NIfTI label; the test starts the server and stops it by its process id.
+3. Bad input (a study with a NaN voxel): the Python API raises the bundle's one-line ``DatasetError`` naming the
+   file; the server answers 500 (MONAI Label's answer to any app error) and its log ends in that line.
 """
 
 import json
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 import zipfile
@@ -52,7 +55,8 @@ def app_dir(tmp_path_factory, name, release):
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory, dataset):
-    """Three labelled synthetic CT studies (labels in ``labels/final``) and one without a label."""
+    """Three labelled synthetic CT studies (labels in ``labels/final``), one without a label, and ``nonfinite``: the
+    unlabelled one with a NaN voxel."""
     msd = dataset
     studies = tmp_path_factory.mktemp("studies")
     (studies / "labels" / "final").mkdir(parents=True)
@@ -61,6 +65,10 @@ def studies(tmp_path_factory, dataset):
         shutil.copy(msd / "labelsTr" / image.name, studies / "labels" / "final" / image.name)
     for image in sorted((msd / "imagesTs").glob("*.nii.gz")):
         shutil.copy(image, studies / f"unlabelled_{image.name}")
+    volume = nib.load(str(image))
+    voxels = np.asanyarray(volume.dataobj).astype(np.float32)
+    voxels[5, 5, 5] = np.nan
+    nib.save(nib.Nifti1Image(voxels, volume.affine), str(studies / "nonfinite.nii.gz"))
     return studies
 
 
@@ -91,6 +99,10 @@ def test_python_api_lists_infers_and_trains(app_dir, studies, name, monkeypatch)
     result = app.infer({"model": name, "image": study.name[: -len(".nii.gz")], "device": "cpu"})
     values = _check_label(result["file"], study)
     assert 1 in values, "the shipped weights find the pancreas"
+    with pytest.raises(ValueError) as refused:  # the bundle's DatasetError, from the app's copy of scripts/
+        app.infer({"model": name, "image": "nonfinite", "device": "cpu"})
+    assert type(refused.value).__name__ == "DatasetError"
+    assert str(refused.value) == f"{studies / 'nonfinite.nii.gz'}: image holds 1 NaN or Inf voxels"
 
     bundle = app_dir / "model" / name
     shipped = (bundle / "models" / "model.pt").read_bytes()
@@ -173,6 +185,22 @@ def test_server_info_and_infer(app_dir, studies, name, tmp_path):
         label_file = tmp_path / "label.nii.gz"
         label_file.write_bytes(payload)
         _check_label(label_file, study)
+
+        request = urllib.request.Request(
+            f"{base}/infer/{name}?image=nonfinite&output=image",
+            data=body,
+            headers={"Content-Type": content_type},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=600)
+        # MONAI Label answers any app error with a bare 500; its log shows the traceback, ending in the one line
+        assert refused.value.code == 500
+        expected = f"scripts.errors.DatasetError: {studies / 'nonfinite.nii.gz'}: image holds 1 NaN or Inf voxels"
+        deadline = time.time() + 30  # the server logs the error as it answers; give its log a moment
+        while expected not in (logged := (tmp_path / "server.log").read_text().splitlines()) and time.time() < deadline:
+            time.sleep(0.5)
+        assert expected in logged, [line for line in logged if "Error" in line]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -12,7 +12,7 @@ from torch import nn
 from networks import OPS, C2FNASNet, default_architecture, enumerate_topologies
 from networks.architecture import Architecture
 from networks.c2fnas import TrilinearUpsample2x, make_op, make_transition
-from networks.complexity import complexity_report, count_macs, count_parameters
+from networks.complexity import complexity_report, count_macs, count_parameters, window_macs
 
 KERNELS = {"2D": [(3, 3, 1)], "3D": [(3, 3, 3)], "P3D": [(3, 3, 1), (1, 1, 3)]}
 
@@ -182,6 +182,17 @@ def test_macs_match_an_independent_count():
             h.remove()
         assert count_macs(net, (1, 1, 32, 64, 32)) == sum(total)
         assert next(net.parameters()).device.type == "cpu"  # counting did not move the network
+
+
+def test_window_macs_from_the_architecture_equal_the_counted_ones():
+    """window_macs (a sum over cells, no network) equals count_macs for random architectures, widths, channels and
+    anisotropic windows, so a search can hold thousands of candidates to a budget exactly."""
+    cases = [(1, 3, 8, (32, 32, 32)), (2, 4, 16, (64, 48, 16)), (1, 2, 4, (96, 96, 96))]
+    for i, (c_in, c_out, width, roi) in enumerate(cases):
+        for arch in [default_architecture(), *random_architectures(4, seed=i)]:
+            with torch.device("meta"):
+                net = C2FNASNet(arch, c_in, c_out, width)
+            assert window_macs(arch, c_in, c_out, width, roi) == count_macs(net, (1, c_in, *roi)), (str(arch), roi)
 
 
 def test_cli_prints_parameter_count():

@@ -362,3 +362,36 @@ def test_class_names_must_name_each_foreground_class(tmp_path):
     for wrong in (["organ"], "ab", ["a", 2]):
         with pytest.raises(SearchSettingsError, match="search setting 'class_names'.*the 2 foreground classes"):
             SearchSettings(output_dir=tmp_path, out_channels=3, class_names=wrong)
+
+
+def test_compute_budget_holds_for_every_candidate(tmp_path):
+    """max_gmacs: clusters keep only the topologies whose cheapest ops fit, every op assignment drawn, bred or chosen
+    fits, and a budget below the whole space's cheapest architecture is refused before any training."""
+    from networks.complexity import window_macs
+    from search import SearchSettingsError
+
+    probe = small_stage("coarse", tmp_path / "probe")
+    cheapest = sorted(probe.gmacs(probe.cheapest(t)) for t in probe.space.topologies)
+    budget = cheapest[len(cheapest) // 3]  # a third of the topologies fit, and not every op assignment on them
+    coarse = small_stage("coarse", tmp_path, max_gmacs=budget)
+    topology = coarse.run()
+    history = json.loads((tmp_path / "search_coarse_history.json").read_text())
+    assert history["evaluations"] and all(e["gmacs"] <= budget for e in history["evaluations"])
+    for evaluation in history["evaluations"][:3]:  # the recorded cost is the network's
+        arch = Architecture(tuple(evaluation["levels"]), tuple(evaluation["ops"]))
+        assert evaluation["gmacs"] == window_macs(arch, 1, 3, 4, (16, 16, 64)) / 1e9
+    for cluster, members in zip(history["clusters"], coarse.space.clusters):
+        fitting = [t for t in members if coarse.gmacs(coarse.cheapest(t)) <= budget]
+        assert cluster["size"] == len(fitting) and (cluster["score"] is None) == (not fitting)
+    assert coarse.gmacs(coarse.cheapest(topology.levels)) <= budget
+
+    fine = small_stage("fine", tmp_path, topology=tmp_path / "arch_coarse.json", max_gmacs=budget)
+    arch = fine.run()
+    fine_history = json.loads((tmp_path / "search_fine_history.json").read_text())
+    assert all(e["gmacs"] <= budget for e in fine_history["evaluations"])
+    assert arch.provenance["gmacs"] <= budget and arch.provenance["max_gmacs"] == budget
+    assert fine.gmacs(Architecture(topology.levels, ("3D",) * 6)) > budget, "the budget excludes some ops"
+
+    with pytest.raises(SearchSettingsError, match=r"'max_gmacs' .*: 1e-06 is below the cheapest architecture"):
+        small_stage("coarse", tmp_path / "tight", max_gmacs=1e-6).run()
+    assert not (tmp_path / "tight" / "search_coarse_state.pt").exists()

@@ -134,3 +134,62 @@ def test_training_parts_do_not_depend_on_search_budgets():
     assert not {"num_clusters", "cluster_iterations", "fine_iterations", "population_size", "search_settings"} & set(
         training
     )
+
+
+@pytest.mark.parametrize("reproduced", [True, False])
+def test_records_carry_over_a_code_change_only_when_a_rerun_reproduces_one(tmp_path, reproduced):
+    """A code change that leaves a training's result unchanged keeps a network's seed records: the first seed runs
+    again, and only if it gives the same Dice are the other seeds carried over (not run); otherwise all run."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    ran = []
+
+    def parts(code, dice):
+        bench = benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records")
+        for seed in range(3):
+            result = {"dice": dice + seed, "per_class": {"organ": dice + seed}, "wall_s": 1.0}
+            run = lambda folder, result=result, seed=seed: ran.append((code, seed)) or result  # noqa: E731
+            assert bench.part(f"train_net_seed{seed}", {"code": code, "seed": seed}, run, group="train_net") == result
+        return bench
+
+    parts("old", 0.5)
+    assert ran == [("old", 0), ("old", 1), ("old", 2)]
+    bench = parts("new", 0.5 if reproduced else 0.25)
+    if reproduced:
+        assert ran[3:] == [("new", 0)] and bench.carried == ["train_net_seed1", "train_net_seed2"]
+        record = json.loads((tmp_path / "records" / "train_net_seed2.json").read_text())
+        assert record["carried_over"] == {
+            "from": {"code": "old", "dataset_dir": "None"},
+            "verified_by": "train_net_seed0",
+        }
+    else:
+        assert ran[3:] == [("new", 0), ("new", 1), ("new", 2)] and bench.carried == []
+    assert benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records").part(
+        "train_net_seed1", {"code": "new", "seed": 1}, lambda folder: pytest.fail("ran"), group="train_net"
+    ), "carried or rerun records are reused as they are"
+
+
+def test_proxy_baselines_rank_a_report_without_training(tmp_path):
+    """benchmarks/proxy_baselines.py: parameters, multiply-adds and SynFlow of a report's architectures, each
+    proxy's Kendall tau against their stand-alone Dice beside the supernets' own, written next to the report."""
+    spec = importlib.util.spec_from_file_location("proxy_baselines", ROOT / "benchmarks" / "proxy_baselines.py")
+    proxies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxies)
+    levels = [[1, 2, 2, 1], [1, 1, 2, 1], [1, 2, 1, 1]]
+    archs = {f"random{i:02d}": {"levels": t, "ops": ["3D", "2D", "P3D", "3D"]} for i, t in enumerate(levels)}
+    archs.update({f"ops{i:02d}": {"levels": [1, 2, 2, 1], "ops": [op] * 4} for i, op in enumerate(["2D", "3D"])})
+    correlation = {"coarse": {"0": {"architecture": {"kendall_tau": 0.5}}}, "fine": {"0": {"kendall_tau": -1.0}}}
+    figures = {"random": {"random00": 0.5, "random01": 0.7, "random02": 0.6}, "ops": {"ops00": 0.4, "ops01": 0.8}}
+    report = tmp_path / "search_quality.json"
+    report.write_text(json.dumps({"architectures": archs, "figures": {**figures, "correlation": correlation}}))
+    found = proxies.main([str(report), "--base_channels", "2", "--roi_size", "16", "16", "16"])
+    assert json.loads((tmp_path / "proxy_baselines.json").read_text())["correlation"] == found["correlation"]
+    values = found["proxies"]
+    assert all(_finite(v[k], 0) and v[k] > 0 for v in values.values() for k in ("parameters", "gmacs", "synflow"))
+    assert (
+        values["ops01"]["gmacs"] > values["ops00"]["gmacs"]
+        and values["ops01"]["parameters"] > values["ops00"]["parameters"]
+    ), "3D cells cost more than 2D ones"
+    assert found["correlation"]["fine"]["gmacs"]["kendall_tau"] == 1.0  # the costlier assignment has the higher Dice
+    assert found["correlation"]["coarse"]["supernet (mean over search seeds)"]["kendall_tau"] == 0.5

@@ -29,7 +29,13 @@ def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
         assert row["min_dice"] <= row["mean_dice"] <= row["max_dice"] and row["wall_s"] > 0, name
         assert set(row["learnt"]) == {"pancreas", "tumour"} and all(0 <= n <= 2 for n in row["learnt"].values())
         assert (row["arch"] is None) == (name == "monai_unet")
+        assert math.isfinite(row["gmacs"]) and row["gmacs"] > 0, name
+    from networks.complexity import window_macs  # a C2FNAS network's figure is its architecture's own count
+
+    arch = {"format": "c2fnas-arch/1", **rows["demo_searched"]["arch"]}  # tiny profile: F = 4, 32^3 windows
+    assert rows["demo_searched"]["gmacs"] == window_macs(arch, 1, 3, 4, (32, 32, 32)) / 1e9
     assert (records / "training_reliability.png").read_bytes()[:8] == PNG_MAGIC
+    assert (records / "dice_vs_gmacs.png").read_bytes()[:8] == PNG_MAGIC
     for name in rows:
         assert f"| {name} |" in done.stdout
 
@@ -45,6 +51,7 @@ def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
     variant.write_text(json.dumps({"learning_rate": 0.0125}))
     work = tmp_path / "work"
     args = [BENCHMARK, "--quick", "--work_dir", work, "--networks", "demo_searched", "--layers", variant]
+    args += ["--heldout", "2"]  # and every training scored on 2 never-seen cases
     done = launch(args, ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     folder = work / "records" / "tiny_profile+lr_variant"
@@ -53,5 +60,9 @@ def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
     made = sorted((folder / "embedded").glob("*.json"))
     assert [p.name for p in made] == ["train_demo_searched_seed0.json", "train_demo_searched_seed1.json"]
     assert all('"learning_rate": 0.0125' in p.read_text() for p in made)
+    held = report["tasks"]["embedded"]["demo_searched"]["heldout"]
+    assert held["seeds"] == 2 and all(math.isfinite(d) and 0 <= d <= 1 for d in held["per_seed"])
+    assert all(json.loads(p.read_text())["inputs"]["heldout"] == {"cases": 2, "seed": 1} for p in made)
+    assert (work / "data" / "embedded_heldout2" / "dataset.json").is_file()
     wrong = launch([BENCHMARK, "--quick", "--work_dir", work, "--networks", "no_such_net"], ROOT, timeout=300)
     assert wrong.returncode != 0 and "no_such_net" in wrong.stderr

@@ -10,6 +10,7 @@ MSD layout: ``<dataset_dir>/dataset.json`` with ``"training": [{"image": "./imag
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import random
@@ -29,6 +30,7 @@ __all__ = [
     "dataset_classes",
     "dataset_modalities",
     "SplitList",
+    "check_distinct_cases",
     "split_datalist",
     "test_datalist",
     "generate_synthetic_dataset",
@@ -97,7 +99,8 @@ def _resolve(dataset_dir: Path, relative: object, source: Path, what: str) -> st
 def check_image_file(path: PathLike, what: str = "image") -> None:
     """Check a NIfTI file from its header alone (cheap, for every way an image arrives: dataset.json,
     ``--dataset#data``, MONAI Label); raises ``DatasetError`` naming the file when it is missing or a symbolic
-    link loop, not readable as NIfTI, holds RGB or complex voxels, or has a singular (e.g. all-zero) affine.
+    link loop, not readable as NIfTI, has an axis of no voxels, holds RGB or complex voxels, or has a singular
+    (e.g. all-zero) affine.
     ``check_case`` reads the voxels after it (channels, NaN, labels)."""
     import nibabel as nib
 
@@ -112,9 +115,11 @@ def check_image_file(path: PathLike, what: str = "image") -> None:
         raise DatasetError(f"{path}: {what} is not a file")
     try:
         volume = nib.load(str(path))
-        dtype, affine = volume.get_data_dtype(), volume.affine
+        dtype, affine, shape = volume.get_data_dtype(), volume.affine, volume.shape
     except Exception as e:
         raise DatasetError(f"{path}: cannot read this {what} as NIfTI ({one_line(e)})") from None
+    if 0 in shape:
+        raise DatasetError(f"{path}: {what} has shape {shape}, an axis without voxels")
     if dtype.fields is not None or dtype.kind not in "biuf":
         kind = "RGB" if dtype.fields is not None else "complex" if dtype.kind == "c" else str(dtype)
         raise DatasetError(f"{path}: {what} voxels are {kind} ({dtype}); one real number per voxel is expected")
@@ -211,6 +216,55 @@ def check_case(image: str, label: Optional[str] = None, num_classes: int = 3, ch
     return _CHECKED[key]
 
 
+_DIGESTS: Dict[tuple, str] = {}  # (path, size, modification time) -> sha1 of the file's bytes
+
+
+def _file_digest(path: str, stat: os.stat_result) -> str:
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def check_distinct_cases(pairs: List[Dict[str, str]], source: PathLike) -> None:
+    """Refuse, with one ``DatasetError`` naming both entries, two training entries of ``source`` that are one case:
+    the same image file (the paths are resolved, so another spelling or a symbolic link is the same file; a hard
+    link is the same inode), the same label file, or two image files with identical bytes. Otherwise the seeded
+    split could put one case in both the training and the validation part, and every validation Dice would be
+    partly a training score. Only files of equal size are hashed, so a dataset of distinct cases costs one
+    ``stat`` per file."""
+    seen: Dict[tuple, int] = {}
+    by_size: Dict[int, List[int]] = {}
+    stats = [{key: os.stat(item[key]) for key in ("image", "label")} for item in pairs]
+    for i, item in enumerate(pairs):
+        for key in ("image", "label"):
+            identity = (key, stats[i][key].st_dev, stats[i][key].st_ino)
+            if identity in seen:
+                j = seen[identity]
+                raise DatasetError(
+                    f"{source}: training entries {j} and {i} name the same {key} file ({item[key]}); list each "
+                    "case once, or it can be in both the training and the validation part"
+                )
+            seen[identity] = i
+        by_size.setdefault(stats[i]["image"].st_size, []).append(i)
+    for group in (g for g in by_size.values() if len(g) > 1):
+        digests: Dict[str, int] = {}
+        for i in group:
+            digest = _file_digest(pairs[i]["image"], stats[i]["image"])
+            if digest in digests:
+                j = digests[digest]
+                raise DatasetError(
+                    f"{source}: training entries {j} and {i} are one image: {pairs[j]['image']} and "
+                    f"{pairs[i]['image']} hold identical bytes; list each case once, or it can be in both the "
+                    "training and the validation part"
+                )
+            digests[digest] = i
+
+
 class SplitList(list):
     """A part of the split made by ``split_datalist``: a plain list of cases that also tells a stage its data are
     the bundle's own split, not cases given from outside (MONAI Label's train task, ``--train#dataset#data``)."""
@@ -226,6 +280,7 @@ def split_datalist(
 ) -> List[Dict[str, str]]:
     """The ``training`` or ``validation`` part of a seeded split of the MSD ``training`` pairs (absolute paths).
 
+    Two entries that are one case are refused (``check_distinct_cases``), so no image is in both parts.
     ``max_cases`` > 0 keeps only the first cases of the split (quick runs). With ``check``, every case of the part
     is read once and checked (``check_case``) before anything else runs, so bad data fails at once with its name,
     and a part whose labels hold no foreground at all is refused.
@@ -246,6 +301,7 @@ def split_datalist(
                 "label": _resolve(dataset_dir, item["label"], source, f"training entry {i} label"),
             }
         )
+    check_distinct_cases(pairs, source)
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(val_fraction * len(pairs))) if val_fraction > 0 else 0

@@ -5,12 +5,15 @@ state, an output that cannot be written, a network output that is not finite) is
 ``OSError`` that names its file and says what the user can act on (no space left, read-only, permission denied) is
 shown the same way. ``install_excepthook()`` makes the interpreter print such an error as its one
 message, without the traceback of the config machinery around it; ``C2FNAS_TRACEBACK=1`` shows the full traceback.
+An error raised in a data-loading worker process reaches the main process only as text (PyTorch re-raises it as
+"Caught ... in DataLoader worker process N" with the worker's traceback), so ``input_error`` also reads that text.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from typing import Optional, Tuple, Type
 
@@ -110,11 +113,36 @@ def _environment_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS and error.filename is not None
 
 
+# PyTorch's re-raise of an error from a data-loading worker: its message, then the worker's traceback as text
+WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback", re.MULTILINE)
+
+
+def _worker_input_error(error: BaseException) -> Optional[BaseException]:
+    """The first (innermost) bad-input error named in the traceback text of an error re-raised from a worker."""
+    text = str(error)
+    if not WORKER_ERROR.search(text):
+        return None
+    kinds = {kind.__name__: kind for kind in input_error_types()}
+    qualified = {f"{kind.__module__}.{kind.__name__}": kind for kind in kinds.values()}
+    for line in text.splitlines():
+        name, separator, message = line.partition(": ")
+        kind = qualified.get(name) or kinds.get(name)
+        if separator and kind is not None:
+            return kind(message.strip())
+    return None
+
+
 def input_error(error: Optional[BaseException]) -> Optional[BaseException]:
-    """The first bad-input or environment error in ``error``'s chain of causes, or None."""
+    """The first bad-input or environment error in ``error``'s chain of causes, or None; an error re-raised from
+    a data-loading worker counts as the bad-input error its worker traceback ends in."""
     kinds, seen = input_error_types(), set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, kinds) or _environment_error(error):
+        if _environment_error(error):
+            return error
+        found = _worker_input_error(error)
+        if found is not None:
+            return found
+        if isinstance(error, kinds):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

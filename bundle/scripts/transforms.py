@@ -13,7 +13,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import LoadImaged, MapTransform, NormalizeIntensity, SaveImaged, ScaleIntensityRange, Spacingd
 from scripts.data import check_image_file
-from scripts.errors import NonFiniteError, OutputError, one_line
+from scripts.errors import DatasetError, NonFiniteError, OutputError, one_line
 
 from networks.fileio import remove_stale_temporaries
 
@@ -26,20 +26,41 @@ def _source(data: Mapping[Hashable, Any], key: str = "image") -> str:
 
 
 class CheckedLoadImaged(LoadImaged):
-    """``LoadImaged`` that first checks each file's header (``scripts.data.check_image_file``), so an image given
-    by any route (dataset.json, ``--dataset#data``, MONAI Label) that is missing, a symbolic link loop, RGB or
-    complex, or has a singular affine fails with one line naming it. MONAI's loader fails on these with a long
-    traceback through its reader fallbacks, or (a zero affine) loads them and produces a meaningless spacing."""
+    """``LoadImaged`` that checks each file it reads, so an image given by any route (dataset.json,
+    ``--dataset#data``, MONAI Label) fails with one line naming it: before reading, the header
+    (``scripts.data.check_image_file``: missing, a symbolic link loop, RGB or complex, a singular affine); after,
+    the voxels (``check_loaded``: a volume that is not 3D or 4D with channels last, NaN or Inf). MONAI's loader
+    fails on the first kinds with a long traceback through its reader fallbacks, or (a zero affine) loads them with
+    a meaningless spacing; a NaN voxel would surface as a non-finite network output, blaming the weights."""
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> Dict[Hashable, Any]:
+        paths = {}
         for key in self.key_iterator(dict(data)):
             if isinstance(data[key], (str, os.PathLike)):
                 check_image_file(data[key], what=str(key))
-        return super().__call__(data, reader)
+                paths[key] = data[key]
+        d = super().__call__(data, reader)
+        for key, path in paths.items():
+            check_loaded(d[key], path, what=str(key))
+        return d
+
+
+def check_loaded(volume: Any, path: Any, what: str = "image") -> None:
+    """Raise ``DatasetError`` naming ``path`` unless ``volume`` (as read, channels last) is 3D, or 4D with its
+    channels on the last axis (MSD), and holds only finite values."""
+    shape = tuple(volume.shape)
+    if len(shape) not in (3, 4):
+        raise DatasetError(f"{path}: {what} has shape {shape}; a 3D volume (or 4D, channels last) is expected")
+    values = torch.as_tensor(volume)
+    if values.is_floating_point():
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            raise DatasetError(f"{path}: {what} holds {bad} NaN or Inf voxels")
 
 
 __all__ = [
     "CheckedLoadImaged",
+    "check_loaded",
     "SafeSpacingd",
     "PlanIntensityd",
     "CheckFinited",
@@ -105,7 +126,10 @@ class PlanIntensityd(MapTransform):
         for key in self.key_iterator(d):
             image = torch.as_tensor(d[key]) if not isinstance(d[key], torch.Tensor) else d[key]
             if image.shape[0] != len(self.channels):
-                raise ValueError(f"{key}: {image.shape[0]} channels; the plan normalises {len(self.channels)}")
+                raise DatasetError(
+                    f"{_source(d, key)}: {key} has {image.shape[0]} channels; the network and its plan take "
+                    f"{len(self.channels)} (dataset.json 'modality')"
+                )
             image = image.float()
             d[key] = torch.cat([t(image[c : c + 1]) for c, t in enumerate(self.channels)], 0)
         return d
@@ -158,7 +182,9 @@ class SaveSegmentationd(SaveImaged):
     What MONAI lacks: ``SaveImage`` catches every writer failure and raises "cannot find a suitable writer", with
     the cause (no space left, a read-only folder) buried in the text, and it silently overwrites a segmentation it
     wrote earlier in the same run when two inputs share a file name. Here the writer's ``OSError`` becomes one
-    ``OutputError`` naming the file and the cause, and a second input with the same output name is refused.
+    ``OutputError`` naming the file and the cause, and a second input with the same output name is refused. And
+    MONAI squeezes every trailing singleton axis (an image of 64 x 64 x 1 voxels gave a 64 x 64 segmentation);
+    here a one-channel output ``(1, *spatial)`` is written with exactly the input's spatial shape.
     Arguments as ``SaveImaged`` (its ``writer`` is this bundle's).
     """
 
@@ -180,8 +206,14 @@ class SaveSegmentationd(SaveImaged):
                     "name, so its segmentation would replace it (rename one of them)"
                 )
             writer = AtomicNibabelWriter(**saver.init_kwargs)
-            writer.set_data_array(data_array=image, **saver.data_kwargs)
+            one_channel = image.ndim == 4 and image.shape[0] == 1
+            if one_channel:  # (X, Y, Z, 1), channels last as the writer expects, keeping axes of 1 voxel
+                writer.set_data_array(data_array=image, channel_dim=0, squeeze_end_dims=False)
+            else:
+                writer.set_data_array(data_array=image, **saver.data_kwargs)
             writer.set_metadata(meta_dict=meta, **saver.meta_kwargs)
+            if one_channel:  # then drop the channel axis only: (X, Y, Z)
+                writer.data_obj = writer.data_obj[..., 0]
             try:
                 writer.write(target, **saver.write_kwargs)
             except OSError as e:

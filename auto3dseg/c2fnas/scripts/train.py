@@ -70,6 +70,13 @@ def task_view(settings: Dict[str, Any]) -> Path:
     and ``fold.json``, a config layer that hands the stages this fold's training and validation cases)."""
     datalist = json.loads(Path(settings["data_list_file"]).read_text())
     root = Path(settings["data_root"])
+    sys.path.insert(0, settings["bundle_root"])
+    from scripts.data import check_distinct_cases  # the bundle's: one case listed twice could be in two folds
+
+    def absolute(item: Dict[str, Any]) -> Dict[str, str]:
+        return {k: str(root / item[k]) if not os.path.isabs(item[k]) else item[k] for k in ("image", "label")}
+
+    check_distinct_cases([absolute(d) for d in datalist["training"]], settings["data_list_file"])
     stats = ConfigParser.load_config_file(settings["data_stats_file"])
     summary = stats["stats_summary"]
     labels = datalist.get("labels") or {
@@ -77,9 +84,6 @@ def task_view(settings: Dict[str, Any]) -> Path:
     }
     channels = int(summary["image_stats"]["channels"]["max"])
     modality = datalist.get("modality") or {str(c): settings["modality"] for c in range(channels)}
-
-    def absolute(item: Dict[str, Any]) -> Dict[str, str]:
-        return {k: str(root / item[k]) if not os.path.isabs(item[k]) else item[k] for k in ("image", "label")}
 
     fold = int(settings["fold"])
     training = [absolute(d) for d in datalist["training"] if int(d.get("fold", -1)) != fold]
