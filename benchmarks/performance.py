@@ -319,20 +319,19 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
     }
 
 
-FOUND = {"levels": (2, 2, 3, 3, 3, 2, 1, 1), "ops": ("3D", "P3D", "3D", "P3D", "P3D", "2D", "P3D", "3D")}  # make demo's
-
-
 def job_train_variant(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_):
-    """Seconds of one SGD + DiceCE step of ``FOUND`` (``batch`` crops of ``roi``^3), optionally in
-    ``channels_last_3d`` and under bfloat16 autocast (CPU) or float16 AMP (CUDA)."""
+    """Seconds of one SGD + DiceCE step of the network ``make demo`` finds (``training_reliability.DEMO_SEARCHED``,
+    ``batch`` crops of ``roi``^3), optionally in ``channels_last_3d`` and under bfloat16 autocast (CPU) or float16
+    AMP (CUDA)."""
     import torch
     from monai.losses import DiceCELoss
+    from training_reliability import DEMO_SEARCHED
 
     from networks import Architecture, C2FNASNet
     from networks.complexity import window_macs
 
     torch.manual_seed(0)
-    arch = Architecture(FOUND["levels"], FOUND["ops"])
+    arch = Architecture(tuple(DEMO_SEARCHED["levels"]), tuple(DEMO_SEARCHED["ops"]))
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = C2FNASNet(arch, 1, 3, width).to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)

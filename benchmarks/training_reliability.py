@@ -274,18 +274,15 @@ def print_report(report: Dict[str, Any]) -> None:
               "train + evaluate |")  # fmt: skip
         print("|---|---|---|---|---|---|---|")
         for name, row in rows.items():
-            learnt = ", ".join(f"{c} {n}/{row['seeds']}" for c, n in row["learnt"].items())
-            print(
-                f"| {name} | {row['mean_dice']:.4f} | {row['std_dice']:.4f} | {row['min_dice']:.3f}–"
-                f"{row['max_dice']:.3f} | {learnt} | {row['gmacs']:.3f} | {row['wall_s']:.0f} s |"
-            )
+            print(f"| {name} | {_dice_cells(row)} | {row['gmacs']:.3f} | {row['wall_s']:.0f} s |")
             if "heldout" in row:  # the same trainings scored on the never-seen cases
-                held = row["heldout"]
-                held_learnt = ", ".join(f"{c} {n}/{held['seeds']}" for c, n in held["learnt"].items())
-                print(
-                    f"| {name}, held-out cases | {held['mean_dice']:.4f} | {held['std_dice']:.4f} | "
-                    f"{held['min_dice']:.3f}–{held['max_dice']:.3f} | {held_learnt} | | |"
-                )
+                print(f"| {name}, held-out cases | {_dice_cells(row['heldout'])} | | |")
+
+
+def _dice_cells(row: Dict[str, Any]) -> str:
+    """A summary's table cells: mean, std, range, seeds learning each class."""
+    learnt = ", ".join(f"{c} {n}/{row['seeds']}" for c, n in row["learnt"].items())
+    return f"{row['mean_dice']:.4f} | {row['std_dice']:.4f} | {row['min_dice']:.3f}–{row['max_dice']:.3f} | {learnt}"
 
 
 if __name__ == "__main__":
