@@ -12,6 +12,7 @@ from ignite.handlers import ProgressBar
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
 from networks import Architecture
+from networks.precision import CPUBFloat16
 from search.distributed import average_gradients
 
 __all__ = ["cosine_schedule", "create_supernet_trainer", "run_trainer"]
@@ -39,15 +40,19 @@ def create_supernet_trainer(
     sample_architecture: Callable[[int], Architecture],
     device: torch.device,
     amp: bool = False,
+    cpu_bf16: bool = False,
 ) -> Engine:
     """An ignite ``Engine`` whose step trains the single path ``sample_architecture(iteration)`` (0-based).
 
     ``supernet`` is a ``C2FNASSupernet``; batches are dicts with ``image`` ``(B, C, *S)`` and ``label``
     ``(B, 1, *S)``. Under DDP every rank samples the same path and the gradients are averaged over ranks before
-    the update, so the weights stay identical on all ranks. The step output is ``{"loss": float, "lr": float}``.
+    the update, so the weights stay identical on all ranks. ``amp``: float16 with gradient scaling on CUDA;
+    ``cpu_bf16``: the forward pass in bfloat16 on the CPU (``networks.precision``). The step output is
+    ``{"loss": float, "lr": float}``.
     """
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    precision = CPUBFloat16(cpu_bf16)
 
     def step(engine: Engine, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
         arch = sample_architecture(engine.state.iteration - 1)
@@ -56,7 +61,7 @@ def create_supernet_trainer(
         label = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=use_amp):
-            loss = loss_function(supernet(image, arch), label)
+            loss = loss_function(precision.forward(supernet, image, arch), label)
         scaler.scale(loss).backward()
         average_gradients(supernet)
         scaler.step(optimizer)

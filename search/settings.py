@@ -67,7 +67,8 @@ class SearchSettings:
             seeded shuffle, so they are a random subset); 0 uses them all.
         population_size, sample_size, cycles: aging evolution.
         seed: every random decision of the search.
-        device: ``torch.device`` or string; amp: mixed precision on CUDA.
+        device: ``torch.device`` or string; amp: mixed precision on CUDA; cpu_bf16: bfloat16
+            supernet training on the CPU (``networks.precision``).
         num_workers, cache_rate: data loading.
         checkpoint_interval: iterations between saved states; checkpoint_candidates: evaluations between them.
         show_progress: progress bars and per-iteration logs (rank 0 only under DDP).
@@ -101,6 +102,7 @@ class SearchSettings:
     seed: int = 0
     device: Union[str, torch.device] = "cpu"
     amp: bool = False
+    cpu_bf16: bool = False
     num_workers: int = 0
     cache_rate: float = 1.0
     checkpoint_interval: int = 200
@@ -128,6 +130,7 @@ class SearchSettings:
             "cycles": (int, {"minimum": 0}),
             "seed": (int, {"minimum": 0}),
             "amp": (bool, {}),
+            "cpu_bf16": (bool, {}),
             "num_workers": (int, {"minimum": 0}),
             "cache_rate": (float, {"minimum": 0, "maximum": 1}),
             "checkpoint_interval": (int, {"minimum": 0}),

@@ -136,6 +136,7 @@ class SearchStage:
             "amp": s.amp,
             "world_size": self.world_size,
             **({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}),  # no budget: as states saved before it
+            **({"cpu_bf16": True} if s.cpu_bf16 else {}),
         }
 
     # ------------------------------------------------------------------ compute budget
@@ -234,7 +235,9 @@ class SearchStage:
             self.state.tensors.update(supernet=supernet, optimizer=optimizer, scheduler=scheduler)
             self.state.save()
 
-        engine = create_supernet_trainer(supernet, optimizer, scheduler, self.loss_function, sample, s.device, s.amp)
+        engine = create_supernet_trainer(
+            supernet, optimizer, scheduler, self.loss_function, sample, s.device, s.amp, s.cpu_bf16
+        )
         run_trainer(
             engine,
             self.stream.batches(start, iterations),
@@ -400,6 +403,7 @@ class SearchStage:
             "roi_size": list(s.roi_size),
             "ops": list(s.ops),
             **({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}),
+            **({"cpu_bf16": True} if s.cpu_bf16 else {}),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **extra,
         }

@@ -48,13 +48,15 @@ def test_monai_metric_gives_the_same_number():
     assert float(metric.aggregate()) == pytest.approx(reduce_dice(dice_per_case(guess, truth))[0])
 
 
-def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_path):
-    """Train two epochs, then evaluate the kept model: the metric the checkpoint was chosen by, metrics.csv and
-    dice_per_class.json state one number."""
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_path, cpu_bf16):
+    """Train two epochs (float32, or bfloat16 forward passes on the CPU), then evaluate the kept model: the metric
+    the checkpoint was chosen by, metrics.csv and dice_per_class.json state one number."""
     out = tmp_path / "outputs"
     common = {"dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34}
-    log = bundle_run(["train.json"], tmp_path, {**common, "max_epochs": 2, "val_interval": 1})
+    log = bundle_run(["train.json"], tmp_path, {**common, "max_epochs": 2, "val_interval": 1, "cpu_bf16": cpu_bf16})
     state = torch.load(out / "models" / "training_state.pt", weights_only=True)
+    assert state["settings"]["cpu_bf16"] is cpu_bf16  # which precision trained it travels with it
     best = state["best_model"]["_saved"][0][0]  # the key metric of the checkpoint kept as model.pt
     assert f"val_mean_dice best value: {best}" in log
     bundle_run(["train.json", "evaluate.json"], tmp_path, {**common, "ckpt_file": str(out / "models" / "model.pt")})

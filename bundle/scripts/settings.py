@@ -59,6 +59,10 @@ SETTINGS: Dict[str, dict] = {
     },
     "val_interval": _POSITIVE_INT,
     "restart": {"type": "boolean"},
+    "cpu_bf16": {
+        "type": "boolean",
+        "description": "bfloat16 autocast and channels_last_3d for training and search forward passes on the CPU",
+    },
     "inference_runtime": {"enum": list(RUNTIMES), "description": "auto measures the candidates on this machine"},
 }
 

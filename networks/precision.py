@@ -1,0 +1,72 @@
+"""bfloat16 training on the CPU: what MONAI's ``amp`` lacks (its engines autocast and scale gradients on CUDA only).
+
+With ``cpu_bf16`` a training forward pass on the CPU runs under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with
+the network and its input in ``channels_last_3d`` (oneDNN's fast layout for bfloat16 convolutions); the output is
+returned in float32, so the loss, the gradients' accumulation and the optimizer stay in float32 and no gradient
+scaling is needed (bfloat16 has float32's exponent range). The weights stay float32: the checkpoint, the deployed
+network and its exports are unchanged. Elsewhere (``cpu_bf16`` off, or a CUDA tensor, where ``amp`` applies)
+the forward pass is the plain one, bit for bit.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.inferers import SimpleInferer
+
+__all__ = ["CPUBFloat16", "BFloat16Inferer", "cpu_has_native_bf16", "default_cpu_bf16"]
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 ``avx512_bf16`` or ``amx_bf16`` flags; Linux). Elsewhere
+    oneDNN emulates bfloat16 and it is slower than float32, so it is never chosen there."""
+    if not sys.platform.startswith("linux") or not cpuinfo.is_file():
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.open() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_cpu_bf16(device: Any) -> bool:
+    """The bundle's default for ``cpu_bf16``: on for a CPU ``device`` that computes bfloat16 natively."""
+    return torch.device(device).type == "cpu" and cpu_has_native_bf16()
+
+
+class CPUBFloat16:
+    """A training forward pass on the CPU in bfloat16 and ``channels_last_3d`` when ``enabled`` (see module doc).
+
+    ``forward(network, image, *args)`` returns ``network(image, *args)`` as float32, ``(B, K, *S)`` for a
+    ``(B, C, *S)`` image. The network's 5-D parameters are moved to ``channels_last_3d`` in place on its first call
+    (the optimizer keeps the same parameter objects).
+    """
+
+    def __init__(self, enabled: bool = False):
+        self.enabled = bool(enabled)
+        self._converted: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+    def applies(self, tensor: torch.Tensor) -> bool:
+        return self.enabled and tensor.device.type == "cpu"
+
+    def forward(self, network: torch.nn.Module, image: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self.applies(image):
+            return network(image, *args, **kwargs)
+        if network not in self._converted:
+            network.to(memory_format=torch.channels_last_3d)
+            self._converted.add(network)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = network(image.contiguous(memory_format=torch.channels_last_3d), *args, **kwargs)
+        return output.float()
+
+
+class BFloat16Inferer(SimpleInferer):
+    """``SimpleInferer`` (the training inferer) whose forward pass is ``CPUBFloat16(enabled).forward``."""
+
+    def __init__(self, enabled: bool = False):
+        super().__init__()
+        self.precision = CPUBFloat16(enabled)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.precision.forward(network, inputs, *args, **kwargs)
