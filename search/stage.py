@@ -135,8 +135,7 @@ class SearchStage:
             "seed": s.seed,
             "amp": s.amp,
             "world_size": self.world_size,
-            **({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}),  # no budget: as states saved before it
-            **({"cpu_bf16": True} if s.cpu_bf16 else {}),
+            **self.non_default_settings(),
         }
 
     # ------------------------------------------------------------------ compute budget
@@ -394,6 +393,12 @@ class SearchStage:
         self.logger.info(f"{self.name} search result: {arch} -> {self.path('arch')}")
         return arch
 
+    def non_default_settings(self) -> Dict[str, Any]:
+        """The settings added after states were first saved, named only when not at their default (a compute budget,
+        bfloat16 supernets), so the fingerprints and provenance of searches without them stay as they were."""
+        s = self.settings
+        return {**({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}), **({"cpu_bf16": True} if s.cpu_bf16 else {})}
+
     def provenance(self, **extra: Any) -> Dict[str, Any]:
         s = self.settings
         return {
@@ -402,8 +407,7 @@ class SearchStage:
             "base_channels": s.base_channels,
             "roi_size": list(s.roi_size),
             "ops": list(s.ops),
-            **({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}),
-            **({"cpu_bf16": True} if s.cpu_bf16 else {}),
+            **self.non_default_settings(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **extra,
         }
