@@ -32,6 +32,7 @@ killed run continues and a change to ``search/`` re-runs only the search and wha
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -109,16 +110,36 @@ def machine() -> Dict[str, Any]:
     return {"cpu": model, "cores": cores, "python": platform.python_version(), "torch": torch.__version__}
 
 
-def code_digest(paths: Sequence[str]) -> str:
-    """sha1 over the .py and .json files under ``paths`` (relative to the project root)."""
+def code_digest(paths: Sequence[str], root: Path = ROOT) -> str:
+    """sha1 over what the .py and .json files under ``paths`` (relative to ``root``) compute: a Python file's syntax
+    tree without its docstrings (so comments, docstrings and formatting do not count), a JSON file's content."""
     h = hashlib.sha1()
     for rel in paths:
-        root = ROOT / rel
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json"))
+        top = root / rel
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.suffix in (".py", ".json"))
         for f in files:
-            h.update(str(f.relative_to(ROOT)).encode())
-            h.update(f.read_bytes())
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(_computed(f).encode())
     return h.hexdigest()[:16]
+
+
+def _computed(path: Path) -> str:
+    """``path``'s content up to what cannot change a result: the syntax tree less docstrings, or canonical JSON."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.dumps(json.loads(text), sort_keys=True)
+    tree = ast.parse(text, filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
+            first = body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
 
 
 def atomic_json(path: Path, obj: Any) -> None:

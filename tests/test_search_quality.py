@@ -193,3 +193,27 @@ def test_proxy_baselines_rank_a_report_without_training(tmp_path):
     ), "3D cells cost more than 2D ones"
     assert found["correlation"]["fine"]["gmacs"]["kendall_tau"] == 1.0  # the costlier assignment has the higher Dice
     assert found["correlation"]["coarse"]["supernet (mean over search seeds)"]["kendall_tau"] == 0.5
+
+
+def test_code_digest_counts_what_the_code_computes(tmp_path):
+    """Records depend on the code's digest: a docstring, comment or formatting change keeps it, so records stay
+    valid; a changed statement, constant or config value changes it, so they do not."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    package = tmp_path / "pkg"
+    package.mkdir()
+    module, config = package / "m.py", package / "c.json"
+
+    def digest(source, settings):
+        module.write_text(source)
+        config.write_text(settings)
+        return benchmark.code_digest(["pkg"], root=tmp_path)
+
+    base = digest('"""Doc."""\n\n\ndef f(x):\n    """Twice."""\n    return 2 * x\n', '{"a": 1, "b": [1, 2]}')
+    assert (
+        digest('"""Other doc."""\n\n\ndef f(x):  # note\n    return 2*x\n', '{\n    "b": [1, 2],\n    "a": 1\n}')
+        == base
+    )
+    assert digest('"""Doc."""\n\n\ndef f(x):\n    return 3 * x\n', '{"a": 1, "b": [1, 2]}') != base
+    assert digest('"""Doc."""\n\n\ndef f(x):\n    return 2 * x\n', '{"a": 1, "b": [2, 1]}') != base

@@ -19,7 +19,8 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import SETTINGS, hyper_parameters, stage_chain  # noqa: E402  (this template's train.py, beside this file)
+# this template's train.py, beside this file
+from train import SETTINGS, bundle_importable, hyper_parameters, stage_chain  # noqa: E402
 
 
 class InferClass:
@@ -29,8 +30,7 @@ class InferClass:
             {k: v for k, v in override.items() if k in SETTINGS},
         )
         bundle_root, algo_dir = Path(parser["bundle_root"]), Path(parser["algo_dir"])
-        if str(bundle_root) not in sys.path:
-            sys.path.insert(0, str(bundle_root))
+        bundle_importable(bundle_root)
         out = algo_dir / "outputs"
         used = json.loads((out / "c2fnas_run.json").read_text())  # the layers and overrides train.py ran with
         chain = stage_chain(bundle_root)

@@ -42,6 +42,12 @@ def stage_chain(bundle_root: Path) -> ModuleType:
     return sys.modules[name]
 
 
+def bundle_importable(bundle_root: Union[str, Path]) -> None:
+    """Put the bundle root on ``sys.path`` (once), so that the bundle's ``scripts`` modules import by name."""
+    if str(bundle_root) not in sys.path:
+        sys.path.insert(0, str(bundle_root))
+
+
 def hyper_parameters(config_file: Union[str, Sequence[str]], override: Dict[str, Any]) -> ConfigParser:
     """The algorithm's settings: ``hyper_parameters.yaml`` (and any other config given) with ``override``."""
     parser = ConfigParser()
@@ -70,7 +76,7 @@ def task_view(settings: Dict[str, Any]) -> Path:
     and ``fold.json``, a config layer that hands the stages this fold's training and validation cases)."""
     datalist = json.loads(Path(settings["data_list_file"]).read_text())
     root = Path(settings["data_root"])
-    sys.path.insert(0, settings["bundle_root"])
+    bundle_importable(settings["bundle_root"])
     from scripts.data import check_distinct_cases  # the bundle's: one case listed twice could be in two folds
 
     def absolute(item: Dict[str, Any]) -> Dict[str, str]:
@@ -113,7 +119,7 @@ def task_plan(settings: Dict[str, Any], view: Path, configs: List[str], budgets:
     plan_file = Path(settings["algo_dir"]) / "outputs" / "plan.json"
     if plan_file.exists():
         return plan_file
-    sys.path.insert(0, settings["bundle_root"])
+    bundle_importable(settings["bundle_root"])
     from scripts.planning import plan_from_stats, save_plan
 
     merged = ConfigParser(ConfigParser.load_config_files(configs))
