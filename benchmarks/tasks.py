@@ -152,38 +152,31 @@ def _brain_source() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t1, lookup[atlas], affine
 
 
-def _smooth_noise(r: np.random.Generator, coarse: Tuple[int, ...], shape: Tuple[int, ...], channels: int = 1):
-    """Standard normal values on a ``coarse`` grid, interpolated (trilinear) to ``shape``: ``(channels, *shape)``."""
-    import torch
-
-    field = torch.from_numpy(r.normal(size=(1, channels, *coarse)).astype(np.float32))
-    return torch.nn.functional.interpolate(field, size=shape, mode="trilinear", align_corners=True)[0].numpy()
+def _bundle_importable() -> None:
+    """Put the bundle on ``sys.path``, so that its ``scripts`` modules (the synthetic data's generators) import."""
+    if str(BUNDLE) not in sys.path:
+        sys.path.insert(0, str(BUNDLE))
 
 
 def brain_mr_case(seed: int, shape=(72, 72, 56), spacing=(2.0, 2.0, 2.0)) -> tuple:
     """The real T1 head and its atlas classes, resampled onto a ``shape`` grid of ``spacing`` mm centred on the
     structures, through a random deformation: rotation up to 8 degrees about each axis, scaling 0.92-1.08 per axis,
-    a shift up to 4 mm and a smooth displacement field (standard deviation 3 mm on a 5 x 5 x 4 grid). Intensities:
-    a smooth multiplicative bias field (about ±25 %), a gamma of 0.8-1.25, a scale of 400-900 and Gaussian noise of
-    1.5-4 % of its 99th percentile, as magnitude (non-negative). ``(image int16, label uint8)``; labels by nearest
-    neighbour."""
+    a shift up to 4 mm and a smooth displacement field (standard deviation 2 mm per axis, on a grid of about 5
+    nodes per axis). Intensities: a smooth multiplicative bias field (about ±25 %), a gamma of 0.8-1.25, a scale of
+    400-900 and Gaussian noise of 1.5-4 % of its 99th percentile, as magnitude (non-negative). ``(image int16,
+    label uint8)``; labels by nearest neighbour."""
     import torch
+
+    _bundle_importable()
+    from scripts.data import _rotation, _smooth_field  # those of the synthetic CT cases
 
     t1, classes, affine = _brain_source()
     r = np.random.default_rng(seed)
     shape, spacing, centre = tuple(shape), np.asarray(spacing, float), np.asarray(BRAIN_MR_CENTRE_MM)
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(np.float64)
     points = centre + (index - (np.array(shape) - 1) / 2) * spacing  # output voxel centres in mm
-    angles = np.deg2rad(r.uniform(-8, 8, size=3))
-    rotation = np.eye(3)
-    for axis, angle in enumerate(angles):
-        c, s = np.cos(angle), np.sin(angle)
-        turn = np.eye(3)
-        i, j = [k for k in range(3) if k != axis]
-        turn[i, i], turn[i, j], turn[j, i], turn[j, j] = c, -s, s, c
-        rotation = rotation @ turn
-    linear = rotation @ np.diag(r.uniform(0.92, 1.08, size=3))
-    displacement = 3.0 * np.moveaxis(_smooth_noise(r, (5, 5, 4), shape, channels=3), 0, -1)
+    linear = _rotation(r, np.deg2rad(8)) @ np.diag(r.uniform(0.92, 1.08, size=3))
+    displacement = 2.0 * np.stack([_smooth_field(r, shape, 5) for _ in range(3)], -1)
     source_mm = centre + (points - centre) @ linear.T + r.uniform(-4, 4, size=3) + displacement
     source_index = (source_mm - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
     size = np.array(t1.shape, float)
@@ -195,7 +188,7 @@ def brain_mr_case(seed: int, shape=(72, 72, 56), spacing=(2.0, 2.0, 2.0)) -> tup
 
     image = sample(t1, "bilinear").numpy()
     label = sample(classes, "nearest").numpy().round().astype(np.uint8)
-    bias = np.exp(0.25 * _smooth_noise(r, (4, 4, 3), shape)[0] / 2)
+    bias = np.exp(0.125 * _smooth_field(r, shape, 4))
     image = np.clip(image / 110.0, 0, None) ** r.uniform(0.8, 1.25) * bias * r.uniform(400, 900)
     image = np.abs(image + r.normal(0, r.uniform(0.015, 0.04) * np.percentile(image, 99), shape))
     return np.clip(image, 0, 32767).astype(np.int16), label
@@ -217,8 +210,7 @@ TASKS: Dict[str, Dict[str, Any]] = {
 def dataset(name: str, folder: Path, num_cases: int = 24, num_test: int = 2, seed: int = 0) -> Path:
     """Task ``name`` of ``TASKS`` in MSD layout, generated once into ``folder`` (reused when already there); another
     ``seed`` draws other cases (a held-out set)."""
-    if str(BUNDLE) not in sys.path:
-        sys.path.insert(0, str(BUNDLE))
+    _bundle_importable()
     from scripts.data import generate_synthetic_dataset
 
     task: Dict[str, Any] = TASKS[name]
