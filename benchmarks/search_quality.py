@@ -225,8 +225,9 @@ class Bench:
         ``run(folder)``. A part that did not finish restarts in an empty folder, unless it is ``resumable`` (a
         search: the bundle resumes it from its saved state) and was started with the same inputs.
 
-        Carrying records over a code change: parts of one ``group`` (one network's training seeds) whose records
-        differ from their inputs only in ``CARRIED`` (the code's digest, the data generator's) are kept when the
+        Carrying records over a change: parts of one ``group`` (one network's training seeds) whose records differ
+        from their inputs only in ``CARRIED`` (the code's digest, the data generator's, the merged configs: changes
+        that need not change what a training computes, such as a report added to the evaluation) are kept when the
         first of them, run again, reproduces its record exactly (every Dice to 1e-6): the change did not change what
         that training computes. The others are then re-keyed without running, each noting the reproduction
         (``carried_over``). If the reproduction differs, every part of the group runs again."""
@@ -243,7 +244,8 @@ class Bench:
             if group is not None and _differs_only_in(record.get("inputs", {}), inputs, CARRIED):
                 stale = record
         if stale is not None and self.reproduced.get(group):
-            carried = {"from": {k: stale["inputs"].get(k) for k in CARRIED}, "verified_by": self.reproduced[group]}
+            previous = {k: _short(stale["inputs"].get(k)) for k in CARRIED}
+            carried = {"from": previous, "verified_by": self.reproduced[group]}
             atomic_json(record_file, {"key": key, "inputs": inputs, "result": stale["result"], "carried_over": carried})
             self.carried.append(name)
             return stale["result"]
@@ -262,7 +264,15 @@ class Bench:
         return result
 
 
-CARRIED = ("code", "dataset_dir")  # inputs a record may be carried over between (Bench.part)
+CARRIED = ("code", "dataset_dir", "configs")  # inputs a record may be carried over between (Bench.part)
+
+
+def _short(value: Any) -> Any:
+    """A carried input as a carried-over record names it: a string as it is, anything else (merged configs) by the
+    sha1 of its JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _differs_only_in(old: Dict[str, Any], new: Dict[str, Any], keys: Sequence[str]) -> bool:
@@ -273,7 +283,10 @@ def _differs_only_in(old: Dict[str, Any], new: Dict[str, Any], keys: Sequence[st
 
 
 def _same_dice(old: Dict[str, Any], new: Dict[str, Any], tolerance: float = 1e-6) -> bool:
-    """Whether two training results hold the same Dice (mean and every class) to ``tolerance``."""
+    """Whether two training results hold the same Dice (mean and every class, and so on the held-out cases where
+    both were scored there) to ``tolerance``."""
+    if "heldout" in old and "heldout" in new and not _same_dice(old["heldout"], new["heldout"], tolerance):
+        return False
     pairs = [(old.get("dice"), new.get("dice"))]
     pairs += [(old.get("per_class", {}).get(c), v) for c, v in new.get("per_class", {}).items()]
     return set(old.get("per_class", {})) == set(new.get("per_class", {})) and all(
@@ -362,7 +375,8 @@ def train_part(
             scored.update({"dataset_dir": str(bench.heldout[0]), "val_fraction": 1.0})
             bench.bundle_run(folder / "heldout.log", "evaluate", scored, extra)
             report = json.loads((folder / "heldout" / "eval" / "dice_per_class.json").read_text())
-            result["heldout"] = {"dice": report["mean_dice"], "per_class": report["per_class"]}
+            per_case = per_case_dice(folder / "heldout" / "eval" / "val_mean_dice_raw.csv", list(report["per_class"]))
+            result["heldout"] = {"dice": report["mean_dice"], "per_class": report["per_class"], "per_case": per_case}
         return result
 
     configs = [config_inputs(train, drop_search=True), config_inputs(evaluate, drop_search=True)]
@@ -371,6 +385,18 @@ def train_part(
         inputs["heldout"] = bench.heldout[1]
     group = re.sub(r"_seed\d+$", "", f"train_{name}") + bench.tag  # one network's seeds
     return bench.part(f"train_{name}{bench.tag}", {**inputs, "code": code_digest(TRAIN_CODE)}, run, group=group)
+
+
+def per_case_dice(raw_csv: Path, class_names: Sequence[str]) -> Dict[str, Dict[str, Optional[float]]]:
+    """``case -> class -> Dice`` (None where the class is in neither label nor prediction) from the evaluation's
+    ``val_mean_dice_raw.csv`` (MONAI's ``MetricsSaver``: a file name, then one column per class, then the mean)."""
+    rows = raw_csv.read_text().splitlines()[1:]
+    cases: Dict[str, Dict[str, Optional[float]]] = {}
+    for row in rows:
+        name, *values = row.split(",")
+        dice = [None if v.strip() == "nan" else float(v) for v in values[: len(class_names)]]
+        cases[Path(name).name.split(".")[0]] = dict(zip(class_names, dice))
+    return cases
 
 
 def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], seed: int) -> Dict[str, dict]:

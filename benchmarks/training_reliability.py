@@ -17,9 +17,9 @@ Each finished training is a small JSON record with what it depends on (the merge
 the architecture, the seed, the digest of the code it runs, the task's generator, the CPU model), kept under
 ``--records_dir`` (default ``benchmarks/results/training_reliability/<profile>/``, committed to the repository).
 A run reuses every record whose inputs are unchanged, so it continues after an interruption, or on another machine
-with the same CPU model; scratch outputs go to ``--work_dir``. After a change of the code or the data generator, a
-network's first seed trains again; if it reproduces its record exactly, the other seeds' records are carried over
-(``search_quality.Bench.part``), else they train again too.
+with the same CPU model; scratch outputs go to ``--work_dir``. After a change of the code, the configs or the data
+generator, a network's first seed trains again; if it reproduces its record exactly, the other seeds' records are
+carried over (``search_quality.Bench.part``), else they train again too.
 
     .venv/bin/python benchmarks/training_reliability.py [--tasks embedded,tubes] [--seeds 5] [--random 3] [--quick]
         [--networks demo_searched,monai_unet] [--layers benchmarks/recipes/adamw.json] [--heldout 20]
@@ -89,6 +89,45 @@ def summarise(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "learnt": learnt,
         "wall_s": statistics.fmean(r["wall_s"] for r in runs),
     }
+
+
+def class_volumes(dataset_dir: Path) -> Dict[str, List[float]]:
+    """``case -> labelled volume in mL of each foreground label value (1, 2, ...)`` of every labelled case of
+    ``dataset_dir`` (MSD layout)."""
+    import nibabel as nib
+    import numpy as np
+
+    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    num_classes = max(int(k) for k in meta["labels"])
+    volumes = {}
+    for item in meta["training"]:
+        label = nib.load(str(dataset_dir / item["label"]))
+        counts = np.bincount(np.asarray(label.dataobj).astype(np.int64).ravel(), minlength=num_classes + 1)
+        voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000.0
+        volumes[Path(item["image"]).name.split(".")[0]] = [float(n) * voxel_ml for n in counts[1 : num_classes + 1]]
+    return volumes
+
+
+def dice_by_size(runs: Sequence[Dict[str, Any]], volumes: Dict[str, List[float]], bins: int = 3) -> Dict[str, Any]:
+    """Per class, the held-out cases holding it split into ``bins`` groups of rising labelled volume: each group's
+    volume range (mL), and its mean Dice over cases and seeds. Whether a class is missed because it is small."""
+    scored = [r["heldout"]["per_case"] for r in runs if "per_case" in r.get("heldout", {})]
+    if not scored:
+        return {}
+    report = {}
+    for index, name in enumerate(next(iter(scored[0].values()))):  # the classes in label order
+        cases = sorted((v[index], c) for c, v in volumes.items() if v[index] > 0 and c in scored[0])
+        groups = [cases[i * len(cases) // bins : (i + 1) * len(cases) // bins] for i in range(bins)]
+        report[name] = [
+            {
+                "volume_ml": [group[0][0], group[-1][0]],
+                "cases": len(group),
+                "mean_dice": statistics.fmean(s[c][name] or 0.0 for s in scored for _, c in group),
+            }
+            for group in groups
+            if group
+        ]
+    return {"seeds": len(scored), "classes": report}
 
 
 def heldout_dataset(task: str, folder: Path, cases: int) -> Path:
@@ -255,6 +294,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 )
             cost = window_gmacs(bench, network["arch"], extra)
             report["tasks"][task][name] = {"arch": network["arch"], "gmacs": cost, **summarise(runs)}
+            if bench.heldout is not None:
+                by_size = dice_by_size(runs, class_volumes(bench.heldout[0]))
+                report["tasks"][task][name]["heldout"]["by_size"] = by_size
         if bench.carried:
             report.setdefault("carried_over", {})[task] = {"parts": bench.carried, "verified_by": bench.reproduced}
             print(f"{task}: {len(bench.carried)} records carried over a code change, verified by {bench.reproduced}")
@@ -278,6 +320,13 @@ def print_report(report: Dict[str, Any]) -> None:
             print(f"| {name} | {_dice_cells(row)} | {row['gmacs']:.3f} | {row['wall_s']:.0f} s |")
             if "heldout" in row:  # the same trainings scored on the never-seen cases
                 print(f"| {name}, held-out cases | {_dice_cells(row['heldout'])} | | |")
+        for name, row in rows.items():
+            by_size = row.get("heldout", {}).get("by_size")
+            for cls, groups in (by_size or {}).get("classes", {}).items():
+                text = ", ".join(
+                    f"{g['volume_ml'][0]:.1f}-{g['volume_ml'][1]:.1f} mL {g['mean_dice']:.3f}" for g in groups
+                )
+                print(f"{name}, held-out {cls} Dice by its volume ({by_size['seeds']} seeds): {text}")
 
 
 def _dice_cells(row: Dict[str, Any]) -> str:

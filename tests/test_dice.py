@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,13 +69,19 @@ def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_pa
     assert report["cases"] == 2
     counted = [v for v in report["per_class"].values() if v == v]
     assert report["mean_dice"] == pytest.approx(sum(counted) / len(counted))
+    # every case's Dice per class, by image file (MONAI's MetricsSaver): the per-class report is their mean
+    with open(out / "eval" / "val_mean_dice_raw.csv") as f:
+        header, *cases = list(csv.reader(f))
+    assert header == ["filename", "class0", "class1", "mean"] and len(cases) == 2
+    assert all(Path(case[0]).is_file() and Path(case[0]).is_relative_to(dataset) for case in cases)
+    for column, name in enumerate(report["per_class"], start=1):
+        values = [float(case[column]) for case in cases if case[column] != "nan"]
+        assert report["per_class"][name] == pytest.approx(sum(values) / len(values), abs=1e-4), name
 
 
 def test_the_method_document_quotes_the_one_definition():
     """The Dice is defined once, ``DICE_DEFINITION`` (every report carries it); method.md quotes it word for word and
     the README and the model card only link to it."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     method = (root / "bundle" / "docs" / "method.md").read_text()
     section = method[method.index("## The bundle's Dice") :].split("\n## ")[0]

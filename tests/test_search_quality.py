@@ -138,35 +138,41 @@ def test_training_parts_do_not_depend_on_search_budgets():
 
 @pytest.mark.parametrize("reproduced", [True, False])
 def test_records_carry_over_a_code_change_only_when_a_rerun_reproduces_one(tmp_path, reproduced):
-    """A code change that leaves a training's result unchanged keeps a network's seed records: the first seed runs
-    again, and only if it gives the same Dice are the other seeds carried over (not run); otherwise all run."""
+    """A code or config change that leaves a training's result unchanged keeps a network's seed records: the first
+    seed runs again, and only if it gives the same Dice are the other seeds carried over (not run); otherwise all
+    run."""
     spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     ran = []
 
-    def parts(code, dice):
+    def parts(code, configs, dice):
         bench = benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records")
         for seed in range(3):
             result = {"dice": dice + seed, "per_class": {"organ": dice + seed}, "wall_s": 1.0}
             run = lambda folder, result=result, seed=seed: ran.append((code, seed)) or result  # noqa: E731
-            assert bench.part(f"train_net_seed{seed}", {"code": code, "seed": seed}, run, group="train_net") == result
+            inputs = {"code": code, "configs": configs, "seed": seed}
+            assert bench.part(f"train_net_seed{seed}", inputs, run, group="train_net") == result
         return bench
 
-    parts("old", 0.5)
+    old_configs, new_configs = {"train": {"lr": 0.1}}, {"train": {"lr": 0.1}, "evaluate": {"report": "per case"}}
+    parts("old", old_configs, 0.5)
     assert ran == [("old", 0), ("old", 1), ("old", 2)]
-    bench = parts("new", 0.5 if reproduced else 0.25)
+    bench = parts("new", new_configs, 0.5 if reproduced else 0.25)
     if reproduced:
         assert ran[3:] == [("new", 0)] and bench.carried == ["train_net_seed1", "train_net_seed2"]
         record = json.loads((tmp_path / "records" / "train_net_seed2.json").read_text())
         assert record["carried_over"] == {
-            "from": {"code": "old", "dataset_dir": "None"},
+            "from": {"code": "old", "dataset_dir": "None", "configs": benchmark._short(old_configs)},
             "verified_by": "train_net_seed0",
         }
     else:
         assert ran[3:] == [("new", 0), ("new", 1), ("new", 2)] and bench.carried == []
     assert benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records").part(
-        "train_net_seed1", {"code": "new", "seed": 1}, lambda folder: pytest.fail("ran"), group="train_net"
+        "train_net_seed1",
+        {"code": "new", "configs": new_configs, "seed": 1},
+        lambda folder: pytest.fail("ran"),
+        group="train_net",
     ), "carried or rerun records are reused as they are"
 
 

@@ -62,6 +62,14 @@ def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
     assert all('"learning_rate": 0.0125' in p.read_text() for p in made)
     held = report["tasks"]["embedded"]["demo_searched"]["heldout"]
     assert held["seeds"] == 2 and all(math.isfinite(d) and 0 <= d <= 1 for d in held["per_seed"])
+    # every held-out case's Dice per class is kept, and each class's Dice is broken down by its labelled volume
+    assert all(len(json.loads(p.read_text())["result"]["heldout"]["per_case"]) == 2 for p in made)
+    by_size = held["by_size"]
+    assert by_size["seeds"] == 2 and set(by_size["classes"]) == {"pancreas", "tumour"}
+    for groups in by_size["classes"].values():
+        assert sum(g["cases"] for g in groups) == 2 and all(0 <= g["mean_dice"] <= 1 for g in groups)
+        assert all(0 < g["volume_ml"][0] <= g["volume_ml"][1] for g in groups)
+    assert "held-out tumour Dice by its volume (2 seeds)" in done.stdout
     assert all(json.loads(p.read_text())["inputs"]["heldout"] == {"cases": 2, "seed": 1} for p in made)
     assert (work / "data" / "embedded_heldout2" / "dataset.json").is_file()
     wrong = launch([BENCHMARK, "--quick", "--work_dir", work, "--networks", "no_such_net"], ROOT, timeout=300)
