@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the generated tasks come as benchmarks.tasks, as in the tests
     sys.path.insert(0, str(ROOT))
-from benchmarks.tasks import TASKS  # noqa: E402
+from benchmarks.tasks import TASKS, bundle_importable  # noqa: E402
 from benchmarks.tasks import dataset as task_dataset  # noqa: E402
 
 BUNDLE = ROOT / "bundle"
@@ -78,12 +78,6 @@ BASELINES = {  # MONAI's hand-designed networks at the profile's width, as train
         "norm": "$('GROUP', {'num_groups': min(8, @base_channels)})",
     },
 }
-
-
-def bundle_importable() -> None:
-    """The bundle's own ``scripts`` package importable in this process, as the bundle's ``initialize`` does."""
-    if str(BUNDLE) not in sys.path:
-        sys.path.insert(0, str(BUNDLE))
 
 
 def stage_chain():
@@ -387,6 +381,11 @@ def train_part(
     return bench.part(f"train_{name}{bench.tag}", {**inputs, "code": code_digest(TRAIN_CODE)}, run, group=group)
 
 
+def case_name(path: str) -> str:
+    """A case's name from its image (or label) file: the file name without its extensions."""
+    return Path(path).name.split(".")[0]
+
+
 def per_case_dice(raw_csv: Path, class_names: Sequence[str]) -> Dict[str, Dict[str, Optional[float]]]:
     """``case -> class -> Dice`` (None where the class is in neither label nor prediction) from the evaluation's
     ``val_mean_dice_raw.csv`` (MONAI's ``MetricsSaver``: a file name, then one column per class, then the mean)."""
@@ -395,7 +394,7 @@ def per_case_dice(raw_csv: Path, class_names: Sequence[str]) -> Dict[str, Dict[s
     for row in rows:
         name, *values = row.split(",")
         dice = [None if v.strip() == "nan" else float(v) for v in values[: len(class_names)]]
-        cases[Path(name).name.split(".")[0]] = dict(zip(class_names, dice))
+        cases[case_name(name)] = dict(zip(class_names, dice))
     return cases
 
 

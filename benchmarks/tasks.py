@@ -152,8 +152,8 @@ def _brain_source() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t1, lookup[atlas], affine
 
 
-def _bundle_importable() -> None:
-    """Put the bundle on ``sys.path``, so that its ``scripts`` modules (the synthetic data's generators) import."""
+def bundle_importable() -> None:
+    """The bundle's own ``scripts`` package importable in this process, as the bundle's ``initialize`` does."""
     if str(BUNDLE) not in sys.path:
         sys.path.insert(0, str(BUNDLE))
 
@@ -167,7 +167,7 @@ def brain_mr_case(seed: int, shape=(72, 72, 56), spacing=(2.0, 2.0, 2.0)) -> tup
     label uint8)``; labels by nearest neighbour."""
     import torch
 
-    _bundle_importable()
+    bundle_importable()
     from scripts.data import _rotation, _smooth_field  # those of the synthetic CT cases
 
     t1, classes, affine = _brain_source()
@@ -210,7 +210,7 @@ TASKS: Dict[str, Dict[str, Any]] = {
 def dataset(name: str, folder: Path, num_cases: int = 24, num_test: int = 2, seed: int = 0) -> Path:
     """Task ``name`` of ``TASKS`` in MSD layout, generated once into ``folder`` (reused when already there); another
     ``seed`` draws other cases (a held-out set)."""
-    _bundle_importable()
+    bundle_importable()
     from scripts.data import generate_synthetic_dataset
 
     task: Dict[str, Any] = TASKS[name]

@@ -104,7 +104,7 @@ def class_volumes(dataset_dir: Path) -> Dict[str, List[float]]:
         label = nib.load(str(dataset_dir / item["label"]))
         counts = np.bincount(np.asarray(label.dataobj).astype(np.int64).ravel(), minlength=num_classes + 1)
         voxel_ml = float(np.prod(label.header.get_zooms()[:3])) / 1000.0
-        volumes[Path(item["image"]).name.split(".")[0]] = [float(n) * voxel_ml for n in counts[1 : num_classes + 1]]
+        volumes[sq.case_name(item["image"])] = [float(n) * voxel_ml for n in counts[1 : num_classes + 1]]
     return volumes
 
 
@@ -269,10 +269,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     machine = None
     for task in tasks:
         dataset_dir = None if task == "embedded" else sq.task_dataset(task, work_dir / "data" / task)
-        key = {"task": task, "generator": sq.code_digest(["benchmarks/tasks.py", "bundle/scripts/data.py"])}
+        generator = ["bundle/scripts/data.py"] + ([] if task == "embedded" else ["benchmarks/tasks.py"])  # its code
+        key = {"task": task, "generator": sq.code_digest(generator)}
         bench = sq.Bench(work_dir / task, dataset_dir, profile, not args.no_reuse, None, records / task, key)
         if args.heldout:
             bench.heldout = (heldout_dataset(task, work_dir / "data", args.heldout), {"cases": args.heldout, "seed": 1})
+            heldout_volumes = class_volumes(bench.heldout[0])
         machine = bench.machine
         report["tasks"][task] = {}
         chosen = networks(bench, args.random)
@@ -294,8 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 )
             cost = window_gmacs(bench, network["arch"], extra)
             report["tasks"][task][name] = {"arch": network["arch"], "gmacs": cost, **summarise(runs)}
-            if bench.heldout is not None:
-                by_size = dice_by_size(runs, class_volumes(bench.heldout[0]))
+            if args.heldout:
+                by_size = dice_by_size(runs, heldout_volumes)
                 report["tasks"][task][name]["heldout"]["by_size"] = by_size
         if bench.carried:
             report.setdefault("carried_over", {})[task] = {"parts": bench.carried, "verified_by": bench.reproduced}
