@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from helpers import bundle_run
@@ -52,7 +54,8 @@ def test_monai_metric_gives_the_same_number():
 @pytest.mark.parametrize("cpu_bf16", [False, True])
 def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_path, cpu_bf16):
     """Train two epochs (float32, or bfloat16 forward passes on the CPU), then evaluate the kept model: the metric
-    the checkpoint was chosen by, metrics.csv and dice_per_class.json state one number."""
+    the checkpoint was chosen by, metrics.csv and dice_per_class.json state one number, and every case's Dice is
+    that of inference.json's segmentation against the label file, on the case's own grid."""
     out = tmp_path / "outputs"
     common = {"dataset_dir": str(dataset), "output_dir": str(out), "val_fraction": 0.34}
     log = bundle_run(["train.json"], tmp_path, {**common, "max_epochs": 2, "val_interval": 1, "cpu_bf16": cpu_bf16})
@@ -60,7 +63,9 @@ def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_pa
     assert state["settings"]["cpu_bf16"] is cpu_bf16  # which precision trained it travels with it
     best = state["best_model"]["_saved"][0][0]  # the key metric of the checkpoint kept as model.pt
     assert f"val_mean_dice best value: {best}" in log
-    bundle_run(["train.json", "evaluate.json"], tmp_path, {**common, "ckpt_file": str(out / "models" / "model.pt")})
+    same_runtime = {"inference_runtime": "torch"}  # evaluation and inference run their windows alike
+    evaluated = {**common, **same_runtime, "ckpt_file": str(out / "models" / "model.pt")}
+    bundle_run(["train.json", "evaluate.json"], tmp_path, evaluated)
     report = json.loads((out / "eval" / "dice_per_class.json").read_text())
     with open(out / "eval" / "metrics.csv") as f:
         rows = {row[0]: float(row[1]) for row in csv.reader(f) if row}
@@ -77,6 +82,21 @@ def test_checkpoint_metric_evaluation_and_per_class_report_agree(dataset, tmp_pa
     for column, name in enumerate(report["per_class"], start=1):
         values = [float(case[column]) for case in cases if case[column] != "nan"]
         assert report["per_class"][name] == pytest.approx(sum(values) / len(values), abs=1e-4), name
+    # each case scored on its own grid: what inference.json writes for it, against its label file as drawn (the
+    # tiny profile's plan resamples to 2 mm, so a score on the plan's grid would differ)
+    plan = json.loads((out / "models" / "plan.json").read_text())
+    assert all(nib.load(case[0]).header.get_zooms()[:3] != tuple(plan["pixdim"]) for case in cases)
+    bundle_run(["inference.json"], tmp_path, {**evaluated, "dataset#data": [{"image": case[0]} for case in cases]})
+    for case in cases:
+        name = Path(case[0]).name.split(".")[0]
+        segmentation = np.asarray(nib.load(out / "inference" / f"{name}_seg.nii.gz").dataobj)
+        drawn = np.asarray(nib.load(dataset / "labelsTr" / Path(case[0]).name).dataobj)
+        assert segmentation.shape == drawn.shape, name
+        for column in range(1, len(report["per_class"]) + 1):
+            found, truth = segmentation == column, drawn == column
+            total = found.sum() + truth.sum()
+            expected = 2 * (found & truth).sum() / total if total else float("nan")
+            assert float(case[column]) == pytest.approx(expected, abs=1e-4, nan_ok=True), (name, column)
 
 
 def test_the_method_document_quotes_the_one_definition():

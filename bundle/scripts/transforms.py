@@ -11,7 +11,15 @@ from typing import Any, Dict, Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
-from monai.transforms import LoadImaged, MapTransform, NormalizeIntensity, SaveImaged, ScaleIntensityRange, Spacingd
+from monai.transforms import (
+    EnsureChannelFirstd,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensity,
+    SaveImaged,
+    ScaleIntensityRange,
+    Spacingd,
+)
 from scripts.data import check_image_file
 from scripts.errors import DatasetError, NonFiniteError, OutputError, one_line
 
@@ -58,9 +66,33 @@ def check_loaded(volume: Any, path: Any, what: str = "image") -> None:
             raise DatasetError(f"{path}: {what} holds {bad} NaN or Inf voxels")
 
 
+class OriginalLabeld(MapTransform):
+    """Each key's label as drawn: read again (``CheckedLoadImaged``, channel first) from the file its metadata names,
+    on the case's own grid and orientation, replacing the label the preprocessing resampled to the plan's grid.
+
+    Scoring a prediction mapped back with ``Invertd`` against it scores the segmentation a user gets from
+    ``inference.json`` against the reference annotation. MONAI's ``Invertd`` can only map the resampled label back,
+    which keeps what resampling to a coarser grid lost (a 5 mm mass is 2 or 3 voxels at 2 mm)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.loader = CheckedLoadImaged(keys, image_only=True)
+        self.channel_first = EnsureChannelFirstd(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key].meta.get("filename_or_obj") if isinstance(d[key], MetaTensor) else None
+            if not path:
+                raise DatasetError(f"{key}: the label's metadata names no file, so its original grid is unknown")
+            d[key] = self.channel_first(self.loader({key: path}))[key]
+        return d
+
+
 __all__ = [
     "CheckedLoadImaged",
     "check_loaded",
+    "OriginalLabeld",
     "SafeSpacingd",
     "PlanIntensityd",
     "CheckFinited",
