@@ -260,6 +260,22 @@ def test_training_resumes_after_sigkill(dataset, tmp_path):
     best = lambda state: state["best_model"]["_saved"][0][0]  # noqa: E731  (the saver's best score)
     assert best(final) >= best(killed_at)
     assert not [p for p in (out / "models").iterdir() if p.name.startswith(".")]  # no half-written file
+    assert "weight_average" not in final  # off by default: the weights as trained are the ones scored and saved
+
+
+def test_weight_averaged_training_scores_and_saves_the_average(dataset, tmp_path):
+    """With weight_average_momentum > 0 the training state carries the moving average beside the weights as
+    trained, and the weights file (validated once, at the end) holds the average in the network's own format."""
+    out = tmp_path / "outputs"
+    overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 2, "val_interval": 2}
+    bundle_run(["train.json"], tmp_path, {**overrides, "weight_average_momentum": 0.3})
+    state = torch.load(out / "models" / "training_state.pt", weights_only=True)
+    saved = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert state["settings"]["weight_average_momentum"] == 0.3
+    average, trained = state["weight_average"], state["network"]
+    assert saved.keys() == average.keys() == trained.keys()
+    assert all(torch.equal(saved[k], average[k]) for k in saved)
+    assert any(not torch.allclose(average[k], trained[k]) for k in average if average[k].is_floating_point())
 
 
 def test_large_files_are_downloaded_with_their_hash_checked(tmp_path):

@@ -58,6 +58,13 @@ SETTINGS: Dict[str, dict] = {
         "description": "optimizer steps per epoch, whatever the number of training cases (the data is cycled)",
     },
     "val_interval": _POSITIVE_INT,
+    "weight_average_momentum": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMaximum": 1,
+        "description": "0 (off), or the weight m of each step in the moving average of the weights that validation "
+        "scores and the weights file holds",
+    },
     "restart": {"type": "boolean"},
     "cpu_bf16": {
         "type": "boolean",
