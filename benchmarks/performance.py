@@ -23,6 +23,9 @@ Sections (``--sections``, default all):
   against MONAI's ``UNet`` and ``SegResNet``, all trained by the same ``train.json`` pipeline for the searched
   network's training wall time and scored by ``evaluate.json`` (``benchmarks/search_quality.py``'s parts, kept in
   ``--work_dir`` and reused while their inputs are unchanged).
+- ``throughput``: a training at the default budget's settings (``train.json`` alone, the shipped architecture,
+  F=32, amp on CUDA) on the embedded data for ``--throughput_epochs`` epochs without validation: seconds per
+  iteration and patches per second in the last epoch, and the default budget's iterations at that rate.
 - ``e2e``: wall time and peak memory of the README's main command (``make demo``: the five stages on the CPU
   profile), into a temporary output folder.
 
@@ -141,7 +144,7 @@ def job_conv_peak(device, **_) -> dict:
         for memory_format in (torch.contiguous_format, torch.channels_last_3d):
             c, xi = conv.to(memory_format=memory_format), x.to(memory_format=memory_format)
             with torch.inference_mode():
-                seconds = min(_timed(lambda: c(xi), device, 3) for _ in range(2))
+                seconds = min(_timed(lambda: c(xi), device, _repeats(device, 3)) for _ in range(2))
             if flops / seconds / 1e9 > best["gflops"]:
                 best = {
                     "gflops": flops / seconds / 1e9,
@@ -183,7 +186,7 @@ def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, run
         with torch.inference_mode():
             return inferer(x, net)
 
-    seconds = _timed(infer, device, 2)
+    seconds = _timed(infer, device, _repeats(device, 2))
     return {
         "seconds": seconds,
         "setup_seconds": first - seconds,
@@ -223,7 +226,7 @@ def job_conv_shapes(device, **_) -> dict:
             best = float("inf")
             for memory_format in (torch.contiguous_format, torch.channels_last_3d):
                 c, xf = conv.to(memory_format=memory_format), xi.to(memory_format=memory_format)
-                best = min(best, _timed(lambda: c(xf), device, 3))
+                best = min(best, _timed(lambda: c(xf), device, _repeats(device, 3)))
         rows.append({"shape": f"{shape[1]}->{out} k{list(kernel)} s{stride[0]} {shape[2]}^3", "count": count,
                      "macs": macs * count, "seconds": best * count, "gflops": 2 * macs / best / 1e9})  # fmt: skip
         total_macs, total_best = total_macs + macs * count, total_best + best * count
@@ -241,17 +244,29 @@ def job_conv_shapes(device, **_) -> dict:
     return found
 
 
-def job_window(device, kind: str, **_) -> dict:
-    """One 96^3 window, batch 1, inference mode: seconds, parameters, conv MACs, memory growth."""
+def _repeats(device, cpu: int) -> int:
+    """Timed repeats: ``cpu`` on the CPU, 20 on a GPU (milliseconds per call, launch jitter)."""
+    return cpu if device.type == "cpu" else 20
+
+
+def job_window(device, kind: str, amp: bool = False, **_) -> dict:
+    """One 96^3 window, batch 1, inference mode, in float32 or under ``amp`` (float16 autocast on CUDA, as the
+    bundle's ``amp``; bfloat16 on the CPU): seconds, parameters, conv MACs, memory growth."""
     import torch
 
     from networks.complexity import count_macs
 
     model = _monai_model(kind).to(device).eval()
     x = torch.rand(1, 1, 96, 96, 96, device=device)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def forward():
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            return model(x)
+
     before = _rss_bytes()
     with torch.inference_mode():
-        seconds = _timed(lambda: model(x), device, 2)
+        seconds = _timed(forward, device, _repeats(device, 2))
     peak = _peak_bytes(device, before)
     return {
         "seconds": seconds,
@@ -393,6 +408,11 @@ def _row(name: str, *cells) -> str:
     return f"{name:<46}" + "".join(f"{c:>14}" for c in cells)
 
 
+def _seconds(seconds: float) -> str:
+    """Seconds as a table cell: milliseconds below 0.1 s (a GPU's windows and steps)."""
+    return f"{seconds:.2f}" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+
+
 def _ratios(res: dict, base: dict) -> tuple:
     """Time and peak-memory ratios of ``res`` to ``base``, formatted."""
     return f"{res['seconds'] / base['seconds']:.2f}", f"{res['peak_bytes'] / base['peak_bytes']:.2f}"
@@ -429,7 +449,7 @@ def section_inference(args, found: dict) -> None:
             _row(
                 name,
                 res["windows"],
-                f"{res['seconds']:.2f}",
+                _seconds(res["seconds"]),
                 f"{gflops:.1f}",
                 f"{res['efficiency']:.2f}",
                 f"{res['peak_bytes'] / GIB:.2f}",
@@ -472,19 +492,21 @@ def section_shapes(args, found: dict) -> None:
 
 
 def section_monai(args, found: dict) -> None:
-    print("one 96^3 window, batch 1, inference mode:")
+    """One window of C2FNAS-Panc against MONAI's networks; on a GPU also under AMP (float16 autocast)."""
+    precisions = (False,) if args.device == "cpu" else (False, True)
+    print("one 96^3 window, batch 1, inference mode" + ("" if args.device == "cpu" else "; float32 and AMP") + ":")
     print(_row("model", "params (M)", "GMAC", "seconds", "memory GiB", "time ratio", "memory ratio"))
     base = None
-    for kind in ("c2fnas", "dints", "segresnet", "unet"):
-        res = run_child(job="window", device=args.device, kind=kind)
+    for kind, amp in ((k, a) for a in precisions for k in ("c2fnas", "dints", "segresnet", "unet")):
+        res = run_child(job="window", device=args.device, kind=kind, amp=amp)
         base = base or res
-        found.setdefault("window", {})[kind] = res
+        found.setdefault("window", {})[f"{kind}, AMP" if amp else kind] = res
         print(
             _row(
-                kind,
+                f"{kind}, AMP" if amp else kind,
                 f"{res['parameters'] / 1e6:.1f}",
                 f"{res['macs'] / 1e9:.0f}",
-                f"{res['seconds']:.2f}",
+                _seconds(res["seconds"]),
                 f"{res['peak_bytes'] / GIB:.2f}",
                 *_ratios(res, base),
             )
@@ -516,7 +538,7 @@ def section_search(args, found: dict) -> None:
             _row(
                 name,
                 f"{res['parameters'] / 1e6:.1f}",
-                f"{res['seconds']:.2f}",
+                _seconds(res["seconds"]),
                 f"{res['peak_bytes'] / GIB:.2f}",
                 *_ratios(res, base),
             )
@@ -548,7 +570,7 @@ def section_train(args, found: dict) -> None:
             print(
                 _row(
                     name,
-                    f"{res['seconds']:.3f}",
+                    _seconds(res["seconds"]),
                     f"{gflops:.1f}",
                     f"{gflops / peak['gflops']:.2f}",
                     f"{base['seconds'] / res['seconds']:.2f}",
@@ -651,6 +673,74 @@ def section_e2e(args, found: dict) -> None:
     print(f"make demo chain: {wall:.0f} s wall, peak memory of the largest stage {peak / GIB:.2f} GiB; Dice {dice}")
 
 
+def _iteration_times(log_dir: Path, tag: str = "train_loss") -> list:
+    """Wall times of the per-iteration ``tag`` events that ``train.json``'s TensorBoard handler wrote, in order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return sorted(e.wall_time for e in events.Scalars(tag))
+
+
+def section_throughput(args, found: dict) -> None:
+    """A training at the default budget's settings (``train.json`` without a profile, the shipped architecture, the
+    embedded data) run for ``--throughput_epochs`` epochs without validation: seconds per iteration and patches per
+    second over the last epoch (from the wall times of the per-iteration loss events, so start-up, caching and the
+    first epoch's warm-up are left out; the epoch-end checkpoint is in), and the default budget's iterations at
+    that rate."""
+    sys.path.insert(0, str(BUNDLE))
+    from monai.bundle import ConfigParser
+    from scripts import stage_chain
+
+    extra = [str(Path(args.throughput_profile).resolve())] if args.throughput_profile else []
+    config = ConfigParser(ConfigParser.load_config_files(stage_chain.config_files("train", BUNDLE, extra)))
+    epochs = args.throughput_epochs
+    if epochs < 2:
+        raise SystemExit(
+            f"--throughput_epochs {epochs}: at least 2 (the last epoch is timed from the end of the one before)"
+        )
+    setting = {
+        k: config.get_parsed_content(k) for k in ("iterations_per_epoch", "max_epochs", "batch_size", "num_samples")
+    }
+    iterations = args.throughput_iterations or (setting["iterations_per_epoch"] if args.device != "cpu" else 10)
+    patches = setting["batch_size"] * setting["num_samples"]
+    out = Path(tempfile.mkdtemp(prefix="c2fnas-throughput-"))
+    overrides = {
+        "output_dir": str(out),
+        "arch_file": str(BUNDLE / "models" / "architecture.json"),
+        "max_epochs": epochs,
+        "iterations_per_epoch": iterations,
+        "val_interval": epochs + 1,
+    }
+    try:
+        start = time.perf_counter()
+        done = subprocess.run(
+            stage_chain.command("train", BUNDLE, extra, overrides), cwd=BUNDLE, capture_output=True, text=True
+        )
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"training failed: {done.stderr[-1500:]}")
+        times = _iteration_times(out / "tensorboard" / "train")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if len(times) != epochs * iterations:
+        raise RuntimeError(f"{len(times)} iteration events, expected {epochs} x {iterations}")
+    last = times[-iterations - 1 :]  # the end of the epoch before, then every iteration of the last epoch
+    per_iteration = (last[-1] - last[0]) / iterations
+    budget = setting["max_epochs"] * setting["iterations_per_epoch"]
+    print(
+        f"train.json at {'+'.join(map(os.path.basename, extra)) or 'the default settings'} "
+        f"(F={config.get_parsed_content('base_channels')}, the shipped "
+        f"architecture, embedded data, {patches} patches of the plan's roi per iteration, amp "
+        f"{args.device != 'cpu'}), {epochs} epochs of {iterations} iterations, no validation: {wall:.0f} s wall"
+    )
+    print(
+        f"  last epoch: {per_iteration:.3f} s per iteration, {patches / per_iteration:.1f} patches/s; the default "
+        f"budget's {budget} iterations take {budget * per_iteration / 3600:.2f} h at this rate (validations apart)"
+    )
+    found["throughput"] = {"seconds_per_iteration": per_iteration, "patches_per_second": patches / per_iteration}
+
+
 def machine(device: str) -> str:
     """The machine the figures are measured on: CPU model (family/model), cores, device, versions."""
     import torch
@@ -729,13 +819,18 @@ SECTIONS = {
     "train": section_train,
     "cost": section_cost,
     "dice": section_dice,
+    "throughput": section_throughput,
     "e2e": section_e2e,
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--sections",
+        default=None,
+        help=f"any of {', '.join(SECTIONS)} (default: all; on the CPU all but throughput, whose step is train's)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--volume", type=int, default=128, help="side of the cubic input of the inference section")
     parser.add_argument("--roi", type=int, default=96, help="training patch side of the search section")
@@ -747,6 +842,13 @@ def main() -> None:
     parser.add_argument(
         "--work_dir", default=str(ROOT / "runs" / "performance_dice"), help="the dice section's kept parts"
     )
+    parser.add_argument("--throughput_epochs", type=int, default=2, help="epochs of the throughput section's training")
+    parser.add_argument(
+        "--throughput_iterations", type=int, default=0, help="its iterations per epoch (0: the config's; 10 on a CPU)"
+    )
+    parser.add_argument(
+        "--throughput_profile", default=None, help="a config layer over its train.json (default: none, the defaults)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -754,7 +856,8 @@ def main() -> None:
         return
     print(f"# {machine(args.device)}")
     found: Dict[str, dict] = {}
-    for name in args.sections.split(","):
+    default = [s for s in SECTIONS if args.device != "cpu" or s != "throughput"]
+    for name in args.sections.split(",") if args.sections else default:
         print(f"\n## {name}")
         SECTIONS[name](args, found)
 
