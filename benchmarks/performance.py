@@ -498,12 +498,13 @@ def section_monai(args, found: dict) -> None:
     print(_row("model", "params (M)", "GMAC", "seconds", "memory GiB", "time ratio", "memory ratio"))
     base = None
     for kind, amp in ((k, a) for a in precisions for k in ("c2fnas", "dints", "segresnet", "unet")):
+        name = f"{kind}, AMP" if amp else kind
         res = run_child(job="window", device=args.device, kind=kind, amp=amp)
         base = base or res
-        found.setdefault("window", {})[f"{kind}, AMP" if amp else kind] = res
+        found.setdefault("window", {})[name] = res
         print(
             _row(
-                f"{kind}, AMP" if amp else kind,
+                name,
                 f"{res['parameters'] / 1e6:.1f}",
                 f"{res['macs'] / 1e9:.0f}",
                 _seconds(res["seconds"]),
@@ -692,16 +693,15 @@ def section_throughput(args, found: dict) -> None:
     from monai.bundle import ConfigParser
     from scripts import stage_chain
 
-    extra = [str(Path(args.throughput_profile).resolve())] if args.throughput_profile else []
-    config = ConfigParser(ConfigParser.load_config_files(stage_chain.config_files("train", BUNDLE, extra)))
     epochs = args.throughput_epochs
     if epochs < 2:
         raise SystemExit(
             f"--throughput_epochs {epochs}: at least 2 (the last epoch is timed from the end of the one before)"
         )
-    setting = {
-        k: config.get_parsed_content(k) for k in ("iterations_per_epoch", "max_epochs", "batch_size", "num_samples")
-    }
+    extra = [str(Path(args.throughput_profile).resolve())] if args.throughput_profile else []
+    config = ConfigParser(ConfigParser.load_config_files(stage_chain.config_files("train", BUNDLE, extra)))
+    names = ("iterations_per_epoch", "max_epochs", "batch_size", "num_samples", "base_channels", "amp")
+    setting = {k: config.get_parsed_content(k) for k in names}
     iterations = args.throughput_iterations or (setting["iterations_per_epoch"] if args.device != "cpu" else 10)
     patches = setting["batch_size"] * setting["num_samples"]
     out = Path(tempfile.mkdtemp(prefix="c2fnas-throughput-"))
@@ -730,9 +730,9 @@ def section_throughput(args, found: dict) -> None:
     budget = setting["max_epochs"] * setting["iterations_per_epoch"]
     print(
         f"train.json at {'+'.join(map(os.path.basename, extra)) or 'the default settings'} "
-        f"(F={config.get_parsed_content('base_channels')}, the shipped "
-        f"architecture, embedded data, {patches} patches of the plan's roi per iteration, amp "
-        f"{args.device != 'cpu'}), {epochs} epochs of {iterations} iterations, no validation: {wall:.0f} s wall"
+        f"(F={setting['base_channels']}, the shipped architecture, embedded data, {patches} patches of the plan's "
+        f"roi per iteration, amp {setting['amp']}), {epochs} epochs of {iterations} iterations, no validation: "
+        f"{wall:.0f} s wall"
     )
     print(
         f"  last epoch: {per_iteration:.3f} s per iteration, {patches / per_iteration:.1f} patches/s; the default "
