@@ -16,6 +16,7 @@ from networks.architecture import (
     topology_wiring,
 )
 from networks.c2fnas import PATCH_DIVISOR, C2FNASNet, as_architecture, level_channels
+from networks.deep_supervision import DeepSupervision, decoder_taps
 from networks.supernet import C2FNASSupernet, SupernetNode
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "CellWiring",
     "C2FNASNet",
     "C2FNASSupernet",
+    "DeepSupervision",
     "SupernetNode",
     "as_architecture",
+    "decoder_taps",
     "default_architecture",
     "enumerate_topologies",
     "level_channels",

@@ -290,6 +290,18 @@ class C2FNASNet(nn.Module):
         return net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_output(self.cell_outputs(x))
+
+    def head_output(self, outputs: List[torch.Tensor]) -> torch.Tensor:
+        """The head on ``cell_outputs``'s last tensor (and the one before it when that is at level 1)."""
+        previous: Optional[torch.Tensor] = None
+        if self.concat_previous:
+            previous = outputs[-2]
+        return self.head(outputs[-1], previous)
+
+    def cell_outputs(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The stem's output, then every cell's: ``1 + len(cells)`` tensors, cell ``i``'s at index ``i + 1``,
+        ``(B, F * 2**level, *S / 2**level)``. ``forward`` applies the head to the last one or two."""
         for side in x.shape[2:]:
             if side % self.size_divisor != 0:
                 raise ValueError(
@@ -306,7 +318,4 @@ class C2FNASNet(nn.Module):
                 second = outputs[self.second_inputs[i]]
             outputs.append(cell(outputs[-1], second))
             i += 1
-        previous: Optional[torch.Tensor] = None
-        if self.concat_previous:
-            previous = outputs[-2]
-        return self.head(outputs[-1], previous)
+        return outputs

@@ -58,6 +58,8 @@ class CPUBFloat16:
             self._converted.add(network)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             output = network(image.contiguous(memory_format=torch.channels_last_3d), *args, **kwargs)
+        if isinstance(output, list):  # a deep-supervised training: the logits, then the auxiliary outputs
+            return [o.float() for o in output]
         return output.float()
 
 

@@ -66,6 +66,10 @@ SETTINGS: Dict[str, dict] = {
         "scores and the weights file holds",
     },
     "restart": {"type": "boolean"},
+    "deep_supervision": {
+        "type": "boolean",
+        "description": "training only: auxiliary outputs from the network's decoder levels 2 and 3 in the loss",
+    },
     "cpu_bf16": {
         "type": "boolean",
         "description": "bfloat16 autocast and channels_last_3d for training and search forward passes on the CPU",
