@@ -35,8 +35,7 @@ def test_training_outputs_and_eval_forward(arch):
     with torch.no_grad():
         assert torch.equal(ds.eval()(x), net.eval()(x))
     assert not any(k.startswith("heads") for k in net.state_dict()), "the heads live beside the network"
-    loss = torch.stack([o.float().mean() for o in ds.train()(x)]).sum()
-    loss.backward()
+    torch.stack([o.mean() for o in outputs]).sum().backward()
     assert all(p.grad is not None for p in ds.heads.parameters())
 
 
@@ -56,7 +55,7 @@ def test_wraps_only_a_c2fnas_network():
 
 def test_deep_supervised_training_saves_the_plain_network(dataset, tmp_path):
     """train.json with deep_supervision: the weights file is the plain network's (strict load into C2FNASNet), the
-    training state carries the heads, and a second run resumes nothing to do with the same settings."""
+    training state carries the heads, and evaluate.json's score of the weights file is the one validation kept."""
     out = tmp_path / "outputs"
     overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 2, "val_interval": 1}
     overrides.update({"deep_supervision": True, "inference_runtime": "torch"})
