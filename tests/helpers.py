@@ -1,11 +1,15 @@
 """Shared by the tests: generated 3D tasks for the search, and running the bundle's configs as a user does."""
 
+import atexit
 import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,8 +26,11 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def launch(args, cwd, torchrun=False, wait=True, timeout=900):
     """``python ARGS`` (or the same under torchrun with 2 CPU processes, gloo) in a fresh process from ``cwd``, without
     PYTHONPATH (the bundle and the project must find their own code). With ``wait`` returns the finished
-    ``CompletedProcess``; otherwise the running ``Popen`` in its own session (stderr piped, for ``run_or_kill``)."""
-    argv = [*(TORCHRUN if torchrun else (sys.executable,)), *map(str, args)]
+    ``CompletedProcess``; otherwise the running ``Popen`` in its own session (stderr piped, for ``run_or_kill``).
+    A ``-m monai.bundle`` run that waits is forked from the warm interpreter (``warm_python.py``) unless
+    ``warm_enabled`` says no."""
+    args = [str(a) for a in args]
+    argv = [*(TORCHRUN if torchrun else (sys.executable,)), *args]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if torchrun:
         env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
@@ -31,7 +38,80 @@ def launch(args, cwd, torchrun=False, wait=True, timeout=900):
         return subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
+    if not torchrun and args[:2] == ["-m", "monai.bundle"] and warm_enabled():
+        return _WARM.run(argv, args[1], args[2:], cwd, env, timeout)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def warm_enabled():
+    """Whether ``python -m monai.bundle`` runs fork from the warm interpreter: not where ``C2FNAS_TESTS_FRESH_PROCESS``
+    is set (every run then a fresh interpreter), nor where torch sees a GPU (a CUDA driver does not survive a fork)."""
+    import torch
+
+    return not os.environ.get("C2FNAS_TESTS_FRESH_PROCESS") and not torch.cuda.is_available()
+
+
+class _WarmInterpreter:
+    """The client of ``warm_python.py``: started on first use, again for a run with another environment (the
+    imports may read it), one run at a time, stopped when the test session's interpreter exits."""
+
+    def __init__(self):
+        self.process = None
+
+    def _start(self, env):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import warm_python; warm_python.serve()"],
+            cwd=Path(__file__).resolve().parent,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pending, self.env = b"", env
+        self._reply(None)  # "ready" once the imports are done
+
+    def _reply(self, timeout):
+        """The next reply line as a dict, or None after ``timeout`` seconds (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0)
+            if not select.select([self.process.stdout.fileno()], [], [], left)[0]:
+                return None
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"the warm interpreter (warm_python.py) exited with {self.process.wait()}")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, argv, module, args, cwd, env, timeout):
+        if self.process is not None and (self.process.poll() is not None or env != self.env):
+            self.stop()  # an interpreter that died, or one started with another environment than this run's
+            self.process = None
+        if self.process is None:
+            self._start(env)
+        with tempfile.TemporaryDirectory() as streams:
+            request = {"module": module, "args": args, "cwd": str(cwd), "env": env}
+            request.update(stdout=f"{streams}/stdout", stderr=f"{streams}/stderr")
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            pid = self._reply(None)["pid"]
+            done = self._reply(timeout)
+            if done is None:
+                os.kill(pid, signal.SIGKILL)
+                self._reply(None)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            read = [Path(streams, name).read_text(errors="replace") for name in ("stdout", "stderr")]
+        return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(done["status"]), *read)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+_WARM = _WarmInterpreter()
+atexit.register(_WARM.stop)
 
 
 def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True, check=True):
