@@ -224,6 +224,27 @@ def plot(report: Dict[str, Any], path: Path) -> Path:
     return _panels(report, path, draw, "each training seed's Dice, mean ± std")
 
 
+def keep_earlier_entries(report: Dict[str, Any], earlier_file: Path) -> None:
+    """Keep in ``report`` the entries of the folder's earlier report (same format, profile and layers) for the tasks
+    and networks this run did not train, listed under ``kept_from_earlier_run``, so that runs over some tasks or
+    networks add to the folder's report instead of replacing it."""
+    if not earlier_file.exists():
+        return
+    earlier = json.loads(earlier_file.read_text())
+    if [earlier.get(k) for k in ("format", "profile", "layers")] != [
+        report[k] for k in ("format", "profile", "layers")
+    ]:
+        return
+    kept = []
+    for task, entries in earlier.get("tasks", {}).items():
+        for name, entry in entries.items():
+            if name not in report["tasks"].get(task, {}):
+                report["tasks"].setdefault(task, {})[name] = entry
+                kept.append(f"{task}/{name}")
+    if kept:
+        report["kept_from_earlier_run"] = kept
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
@@ -304,6 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             print(f"{task}: {len(bench.carried)} records carried over a code change, verified by {bench.reproduced}")
     report["machine"] = machine
     report["wall_s"] = time.perf_counter() - start
+    keep_earlier_entries(report, records / "training_reliability.json")
     sq.atomic_json(records / "training_reliability.json", report)
     plot(report, records / "training_reliability.png")
     plot_cost(report, records / "dice_vs_gmacs.png")

@@ -51,6 +51,11 @@ def warm_enabled():
     return not os.environ.get("C2FNAS_TESTS_FRESH_PROCESS") and not torch.cuda.is_available()
 
 
+def _import_env(env):
+    """The environment as imports may read it: without pytest's name of the running test, which changes each test."""
+    return {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+
+
 class _WarmInterpreter:
     """The client of ``warm_python.py``: started on first use, again for a run with another environment (the
     imports may read it), one run at a time, stopped when the test session's interpreter exits."""
@@ -67,7 +72,7 @@ class _WarmInterpreter:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self.pending, self.env = b"", env
+        self.pending, self.env = b"", _import_env(env)
         self._reply(None)  # "ready" once the imports are done
 
     def _reply(self, timeout):
@@ -85,7 +90,7 @@ class _WarmInterpreter:
         return json.loads(line)
 
     def run(self, argv, module, args, cwd, env, timeout):
-        if self.process is not None and (self.process.poll() is not None or env != self.env):
+        if self.process is not None and (self.process.poll() is not None or _import_env(env) != self.env):
             self.stop()  # an interpreter that died, or one started with another environment than this run's
             self.process = None
         if self.process is None:
