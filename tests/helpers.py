@@ -95,13 +95,23 @@ class _WarmInterpreter:
             self.process = None
         if self.process is None:
             self._start(env)
+        pid = None
         with tempfile.TemporaryDirectory() as streams:
             request = {"module": module, "args": args, "cwd": str(cwd), "env": env}
             request.update(stdout=f"{streams}/stdout", stderr=f"{streams}/stderr")
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
-            pid = self._reply(None)["pid"]
-            done = self._reply(timeout)
+            try:
+                self.process.stdin.write(json.dumps(request) + "\n")
+                self.process.stdin.flush()
+                pid = self._reply(None)["pid"]
+                done = self._reply(timeout)
+            except BaseException:  # interrupted (a test's time limit, Ctrl-C): no half-answered interpreter left
+                for stray in (pid, self.process.pid):
+                    if stray is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(stray, signal.SIGKILL)
+                self.process.wait()
+                self.process = None
+                raise
             if done is None:
                 os.kill(pid, signal.SIGKILL)
                 self._reply(None)

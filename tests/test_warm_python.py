@@ -3,8 +3,11 @@
 environment, the project's one-line errors, and a run past its time limit killed."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import BUNDLE, launch, warm_enabled
@@ -25,8 +28,6 @@ PROBE = {
 
 def _fresh(args, cwd, env=None):
     """The same command in a plain fresh interpreter."""
-    import os
-
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -74,5 +75,31 @@ def test_a_run_past_its_time_limit_is_killed(tmp_path):
     config.write_text(json.dumps({"run": ["$__import__('time').sleep(120)"]}))
     with pytest.raises(subprocess.TimeoutExpired):
         launch(["-m", "monai.bundle", "run", "--config_file", str(config)], tmp_path, timeout=3)
+    done = launch(["-m", "monai.bundle", "run", "--config_file", str(config), "--run", "$print('next')"], tmp_path)
+    assert done.returncode == 0 and "next" in done.stdout
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum, frame):
+    raise _Interrupted()
+
+
+def test_an_interrupted_run_leaves_no_half_answered_interpreter(tmp_path):
+    """A run interrupted while it waits (a test's time limit, Ctrl-C) kills its child and the interpreter; the next
+    run starts a new one and gets its own answer."""
+    config = tmp_path / "sleep.json"
+    config.write_text(json.dumps({"run": ["$__import__('time').sleep(120)"]}))
+    previous = signal.signal(signal.SIGUSR1, _interrupt)
+    timer = threading.Timer(3, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(_Interrupted):
+            launch(["-m", "monai.bundle", "run", "--config_file", str(config)], tmp_path)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
     done = launch(["-m", "monai.bundle", "run", "--config_file", str(config), "--run", "$print('next')"], tmp_path)
     assert done.returncode == 0 and "next" in done.stdout
