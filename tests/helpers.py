@@ -2,6 +2,7 @@
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import select
@@ -46,9 +47,15 @@ def launch(args, cwd, torchrun=False, wait=True, timeout=900):
 def warm_enabled():
     """Whether ``python -m monai.bundle`` runs fork from the warm interpreter: not where ``C2FNAS_TESTS_FRESH_PROCESS``
     is set (every run then a fresh interpreter), nor where torch sees a GPU (a CUDA driver does not survive a fork)."""
+    return not os.environ.get("C2FNAS_TESTS_FRESH_PROCESS") and not _gpu_visible()
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    """Whether torch sees a GPU, asked once per test session."""
     import torch
 
-    return not os.environ.get("C2FNAS_TESTS_FRESH_PROCESS") and not torch.cuda.is_available()
+    return torch.cuda.is_available()
 
 
 def _import_env(env):
@@ -92,7 +99,6 @@ class _WarmInterpreter:
     def run(self, argv, module, args, cwd, env, timeout):
         if self.process is not None and (self.process.poll() is not None or _import_env(env) != self.env):
             self.stop()  # an interpreter that died, or one started with another environment than this run's
-            self.process = None
         if self.process is None:
             self._start(env)
         pid = None
@@ -123,6 +129,7 @@ class _WarmInterpreter:
         if self.process is not None and self.process.poll() is None:
             self.process.stdin.close()
             self.process.wait(timeout=60)
+        self.process = None
 
 
 _WARM = _WarmInterpreter()

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -26,10 +25,11 @@ PROBE = {
 }
 
 
-def _fresh(args, cwd, env=None):
-    """The same command in a plain fresh interpreter."""
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def _fresh(args, cwd, monkeypatch):
+    """The same command by ``launch``'s other route, a plain fresh interpreter."""
+    with monkeypatch.context() as patch:
+        patch.setenv("C2FNAS_TESTS_FRESH_PROCESS", "1")
+        return launch(args, cwd, timeout=300)
 
 
 def _lines(text, prefixes):
@@ -44,7 +44,7 @@ def test_a_run_sees_what_a_fresh_process_sees(tmp_path, monkeypatch):
     config.write_text(json.dumps(PROBE))
     args = ["-m", "monai.bundle", "run", "--config_file", str(config)]
     monkeypatch.setenv("C2FNAS_PROBE", "first")
-    warm, fresh = launch(args, tmp_path), _fresh(args, tmp_path)
+    warm, fresh = launch(args, tmp_path), _fresh(args, tmp_path, monkeypatch)
     monkeypatch.setenv("C2FNAS_PROBE", "second")
     again = launch(args, tmp_path)
     keys = ("cwd", "argv0", "env", "local", "scripts")
@@ -60,11 +60,11 @@ def test_a_run_sees_what_a_fresh_process_sees(tmp_path, monkeypatch):
     assert warm.returncode == fresh.returncode == again.returncode == 3
 
 
-def test_a_bad_input_error_is_the_same_one_line(tmp_path):
+def test_a_bad_input_error_is_the_same_one_line(monkeypatch):
     """The project's excepthook shows a refused run (a stage layer run alone) as one line and exit status 1, forked
     or fresh."""
     args = ["-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
-    warm, fresh = launch(args, BUNDLE), _fresh(args, BUNDLE)
+    warm, fresh = launch(args, BUNDLE), _fresh(args, BUNDLE, monkeypatch)
     assert warm.returncode == fresh.returncode == 1
     last = [done.stderr.strip().splitlines()[-1] for done in (warm, fresh)]
     assert last[0] == last[1] and last[0].startswith("SettingsError: configs/train.json is a layer over"), last
