@@ -366,10 +366,13 @@ def train_part(
         if bench.heldout is not None:  # the same weights on never-seen cases, every one of them scored
             weights = parsed(evaluate, overrides).get_parsed_content("trained_ckpt_file")  # the chain's hand-off
             scored = {**overrides, "output_dir": str(folder / "heldout"), "ckpt_file": str(weights)}
-            scored.update({"dataset_dir": str(bench.heldout[0]), "val_fraction": 1.0})
+            scored.update({"dataset_dir": str(bench.heldout[0]), "val_fraction": 1.0, "max_cases": 0})  # all cases
             bench.bundle_run(folder / "heldout.log", "evaluate", scored, extra)
             report = json.loads((folder / "heldout" / "eval" / "dice_per_class.json").read_text())
             per_case = per_case_dice(folder / "heldout" / "eval" / "val_mean_dice_raw.csv", list(report["per_class"]))
+            expected = len(json.loads((bench.heldout[0] / "dataset.json").read_text())["training"])
+            if len(per_case) != expected:
+                raise RuntimeError(f"{folder / 'heldout'}: {len(per_case)} held-out cases scored, not all {expected}")
             result["heldout"] = {"dice": report["mean_dice"], "per_class": report["per_class"], "per_case": per_case}
         return result
 

@@ -46,9 +46,10 @@ def test_quick_benchmark_reports_every_figure_and_reuses_its_records(tmp_path):
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (records / "embedded").glob("*.json")} == kept
     assert json.loads((records / "training_reliability.json").read_text())["tasks"] == report["tasks"]
 
-    # a recipe variant (--layers) on some networks (--networks): its own records folder, the layer in every record
+    # a recipe variant (--layers) on some networks (--networks): its own records folder, the layer in every record;
+    # it trains on one case (max_cases), which must not cut the held-out cases scored
     variant = tmp_path / "lr_variant.json"
-    variant.write_text(json.dumps({"learning_rate": 0.0125}))
+    variant.write_text(json.dumps({"learning_rate": 0.0125, "max_cases": 1}))
     work = tmp_path / "work"
     args = [BENCHMARK, "--quick", "--work_dir", work, "--networks", "demo_searched", "--layers", variant]
     args += ["--heldout", "2"]  # and every training scored on 2 never-seen cases
