@@ -143,7 +143,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--reference", required=True, help="FOLDER:NAME of the reference (e.g. monai_unet)")
     parser.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     args = parser.parse_args(argv)
-    report = comparison(args.task, args.network, args.reference)
+    try:
+        report = comparison(args.task, args.network, args.reference)
+    except (ValueError, OSError) as error:  # one line naming the record or folder, not a traceback
+        raise SystemExit(f"network_comparison: {error}") from None
     print_comparison(report)
     if args.json is not None:
         from networks.fileio import atomic_write_json

@@ -88,3 +88,10 @@ def test_command_line_writes_the_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "held-out (4 cases)" in printed and "target" in printed
     assert json.loads(out.read_text())["rulers"]["heldout"]["difference"] == pytest.approx(0.01)
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    write_records(tmp_path / "a", "net", [0.7, 0.7], [0.7, 0.7], cases=4)
+    write_records(tmp_path / "b", "ref", [0.6, 0.6], [0.6, 0.6], cases=3)
+    with pytest.raises(SystemExit, match=r"^network_comparison: .*scored on 3 held-out case\(s\) of task"):
+        nc.main(["--task", "task", "--network", f"{tmp_path / 'a'}:net", "--reference", f"{tmp_path / 'b'}:ref"])
