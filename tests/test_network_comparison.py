@@ -3,13 +3,11 @@ written here in the benchmark's record format."""
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import network_comparison as nc  # noqa: E402
+from benchmarks import network_comparison as nc
 
 CLASSES = ("pancreas", "tumour")
 
