@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-LEARNT = 0.5  # a class counts as learnt by a training when its Dice exceeds this (training_reliability.LEARNT)
+LEARNT = 0.5  # a class counts as learnt by a training when its Dice exceeds this (training_reliability reports it)
 
 
 def load_runs(folder: Path, task: str, network: str) -> Dict[int, Dict[str, Any]]:

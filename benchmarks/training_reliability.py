@@ -43,9 +43,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402  (the benchmark that runs the bundle's stages and keeps their records)
+from network_comparison import LEARNT  # noqa: E402  (a class counts as learnt by a training above this Dice)
 
 FORMAT = "c2fnas-training-reliability/1"
-LEARNT = 0.5  # a class counts as learnt by a training when its validation Dice exceeds this
 # what ``make demo`` found on the embedded data (search seed 0, CPU profile with bfloat16 training, 0.5.2, machine
 # X; in float32, 0.5.0-0.5.1 found the same topology with ops 3D,P3D,3D,P3D,P3D,2D,P3D,3D)
 DEMO_SEARCHED = {"levels": [2, 2, 3, 3, 3, 2, 1, 1], "ops": ["P3D", "P3D", "P3D", "P3D", "2D", "P3D", "P3D", "2D"]}
