@@ -28,6 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence
 LEARNT = 0.5  # a class counts as learnt by a training when its Dice exceeds this (training_reliability reports it)
 
 
+def learnt_counts(runs: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    """Per class (in the first run's order), how many of ``runs`` learnt it (class Dice above ``LEARNT``)."""
+    classes = list(runs[0]["per_class"])
+    return {c: sum(1 for r in runs if (r["per_class"][c] or 0.0) > LEARNT) for c in classes}
+
+
 def load_runs(folder: Path, task: str, network: str) -> Dict[int, Dict[str, Any]]:
     """``seed -> result`` of every record ``<folder>/<task>/train_<network>_seed<k>.json``, each with ``file``."""
     runs = {}
@@ -77,7 +83,7 @@ def compare(network: Dict[int, Dict[str, Any]], reference: Dict[int, Dict[str, A
             "mean_dice": statistics.fmean(dice),
             "std_dice": statistics.stdev(dice),
             "per_class": {c: statistics.fmean(r["per_class"][c] or 0.0 for r in runs.values()) for c in classes},
-            "learnt": {c: sum(1 for r in runs.values() if (r["per_class"][c] or 0.0) > LEARNT) for c in classes},
+            "learnt": learnt_counts(list(runs.values())),
         }
 
     return {

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402  (the benchmark that runs the bundle's stages and keeps their records)
-from network_comparison import LEARNT  # noqa: E402  (a class counts as learnt by a training above this Dice)
+from network_comparison import LEARNT, learnt_counts  # noqa: E402  (class learnt: its Dice above LEARNT)
 
 FORMAT = "c2fnas-training-reliability/1"
 # what ``make demo`` found on the embedded data (search seed 0, CPU profile with bfloat16 training, 0.5.2, machine
@@ -72,8 +72,7 @@ def summarise(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Mean and standard deviation over seeds of the mean Dice, seeds that learnt each class, mean wall time; the
     same figures on the held-out cases (``heldout``) when every run was scored on them."""
     dice = [r["dice"] for r in runs]
-    classes = list(runs[0]["per_class"])
-    learnt = {c: sum(1 for r in runs if (r["per_class"][c] or 0.0) > LEARNT) for c in classes}
+    learnt = learnt_counts(runs)
     heldout = {}
     if all("heldout" in r for r in runs):
         scored = summarise([{**r["heldout"], "wall_s": r["wall_s"]} for r in runs])
