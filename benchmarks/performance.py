@@ -428,11 +428,12 @@ def section_inference(args, found: dict) -> None:
         ("+ TrilinearUpsample2x: torch", dict(runtime="torch")),
         ("torch, channels_last_3d", dict(runtime="torch_channels_last")),
         ("openvino", dict(runtime="openvino")),
+        ("openvino_bf16 (bfloat16)", dict(runtime="openvino_bf16")),
         ("torch, sw_batch_size 4", dict(runtime="torch", sw_batch_size=4)),
         ("bundle: inference.json's inferer (auto)", dict(runtime="auto")),
     ]
     if args.device != "cpu":
-        variants = [v for v in variants if v[1]["runtime"] != "openvino"]
+        variants = [v for v in variants if not v[1]["runtime"].startswith("openvino")]
     print(
         f"sliding-window inference, C2FNAS-Panc F=32, {args.volume}^3 input, 96^3 windows, overlap 0.625, "
         "sw_batch_size 1 unless named:"

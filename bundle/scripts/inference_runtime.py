@@ -1,9 +1,10 @@
 """Sliding-window inference on the runtime this machine measures fastest, for a network whose weights are fixed.
 
 MONAI's inferers run the network they are given as it is; what is fastest differs between CPUs (the memory format
-oneDNN prefers, PyTorch's eager kernels vs OpenVINO's fused graph: ``benchmarks/performance.py`` measures them side
-by side), so :class:`MeasuredSlidingWindowInferer` times the candidates on this machine at its first call and runs
-every window with the fastest one whose output matches PyTorch's.
+oneDNN prefers, PyTorch's eager kernels vs OpenVINO's fused graph, bfloat16 where the CPU computes it natively:
+``benchmarks/performance.py`` measures them side by side), so :class:`MeasuredSlidingWindowInferer` times the
+candidates on this machine at its first call and runs every window with the fastest one whose output matches
+PyTorch's.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from torch import nn
+
+from networks.precision import cpu_has_native_bf16
 
 __all__ = [
     "RUNTIMES",
@@ -28,7 +32,9 @@ __all__ = [
     "count_windows",
 ]
 
-RUNTIMES = ("auto", "torch", "torch_channels_last", "openvino")
+RUNTIMES = ("auto", "torch", "torch_channels_last", "openvino", "openvino_bf16")
+# runtimes that compute in less than float32: checked against PyTorch by their label maps, not their values
+REDUCED_PRECISION = ("openvino_bf16",)
 logger = logging.getLogger("c2fnas.inference")
 
 
@@ -50,10 +56,13 @@ def count_windows(spatial: Sequence[int], roi: Sequence[int], overlap: float) ->
 
 
 def candidate_runtimes(device: torch.device) -> List[str]:
-    """The runtimes that can run a network on ``device``: PyTorch in both memory formats; OpenVINO on CPU."""
+    """The runtimes that can run a network on ``device``: PyTorch in both memory formats; OpenVINO on CPU, also in
+    bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX; elsewhere it is emulated and slower)."""
     names = ["torch", "torch_channels_last"]
     if device.type == "cpu" and _openvino_available():
         names.append("openvino")
+        if cpu_has_native_bf16():
+            names.append("openvino_bf16")
     return names
 
 
@@ -71,17 +80,22 @@ class OpenVINORuntime:
     """The network converted by OpenVINO for one window batch shape ``(B, C, *S)``; smaller batches are padded.
 
     OpenVINO runs with PyTorch's thread count (``torch.get_num_threads()``, so ``OMP_NUM_THREADS`` holds for both)
-    and in float32 (``INFERENCE_PRECISION_HINT``), the precision the weights were trained in; ``config`` adds
-    OpenVINO properties (the benchmark's ``PERF_COUNT``).
+    and in ``precision`` (``INFERENCE_PRECISION_HINT``: ``f32``, the precision the weights were trained in, or
+    ``bf16``: weights and activations rounded to bfloat16, outputs float32); ``config`` adds OpenVINO properties
+    (the benchmark's ``PERF_COUNT``).
     """
 
-    def __init__(self, network: nn.Module, example: torch.Tensor, **config: Any):
+    def __init__(self, network: nn.Module, example: torch.Tensor, precision: str = "f32", **config: Any):
         import openvino
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shapes are fixed: tracing them is right
             model = openvino.convert_model(network, example_input=example)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(torch.get_num_threads()), **config}
+        config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
+            **config,
+        }
         self.request = openvino.Core().compile_model(model, "CPU", config).create_infer_request()
         self.shape = tuple(example.shape)
 
@@ -101,12 +115,12 @@ def build_runtime(name: str, network: nn.Module, example: torch.Tensor) -> Calla
         return network
     if name == "torch_channels_last":
         return _ChannelsLast(network)
-    if name == "openvino":
+    if name in ("openvino", "openvino_bf16"):
         if not _openvino_available():
-            raise ImportError("inference_runtime 'openvino' needs the openvino package (pip install openvino)")
+            raise ImportError(f"inference_runtime '{name}' needs the openvino package (pip install openvino)")
         if example.device.type != "cpu":
-            raise ValueError(f"inference_runtime 'openvino' runs on CPU, the network is on {example.device}")
-        return OpenVINORuntime(network, example)
+            raise ValueError(f"inference_runtime '{name}' runs on CPU, the network is on {example.device}")
+        return OpenVINORuntime(network, example, precision="bf16" if name == "openvino_bf16" else "f32")
     raise ValueError(f"inference_runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
 
 
@@ -121,12 +135,14 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
 
     ``runtime="auto"``: once the volumes given so far hold ``min_windows`` windows (the choice costs about 20
     window times, so short runs keep PyTorch), each of :func:`candidate_runtimes` is built for the window batch
-    ``(sw_batch_size, C, *roi_size)`` and run on it once; those whose output differs from PyTorch's by at most
-    ``tolerance`` x its largest magnitude are then timed in ``repeats`` rounds (each runtime once per round, so a
-    slow spell of the machine hits all alike), and the one with the lowest median runs every later window. The
-    measurements are logged. Any other ``runtime`` is used as named from the first window. The choice is remade
-    only if the network's weights change, so use it where they are fixed (inference, evaluation); training's
-    validation keeps MONAI's inferer.
+    ``(sw_batch_size, C, *roi_size)`` and run once on the central window of the volume at hand. A float32 runtime
+    is kept if its output differs from PyTorch's by at most ``tolerance`` x its largest magnitude; a
+    :data:`REDUCED_PRECISION` one if its label map (argmax over the output channels) differs from PyTorch's in at
+    most ``label_tolerance`` of the window's voxels. The kept ones are timed in ``repeats`` rounds (each runtime
+    once per round, so a slow spell of the machine hits all alike), and the one with the lowest median runs every
+    later window. The measurements are logged. Any other ``runtime`` is used as named from the first window. The
+    choice is remade only if the network's weights change, so use it where they are fixed (inference,
+    evaluation); training's validation keeps MONAI's inferer.
     """
 
     def __init__(
@@ -138,12 +154,14 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
         min_windows: int = 64,
         repeats: int = 3,
         tolerance: float = 1e-3,
+        label_tolerance: float = 1e-3,
         **kwargs,
     ):
         super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
         if runtime not in RUNTIMES:
             raise ValueError(f"inference_runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.runtime, self.min_windows, self.repeats, self.tolerance = runtime, min_windows, repeats, tolerance
+        self.runtime, self.min_windows, self.repeats = runtime, min_windows, repeats
+        self.tolerance, self.label_tolerance = tolerance, label_tolerance
         self.chosen: Optional[str] = None
         self.timings: Dict[str, float] = {}
         self.windows_seen = 0
@@ -175,11 +193,32 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
                 logger.info(f"inference runtime: torch until {self.min_windows} windows are due, then measured")
                 self.chosen = "torch"
             return network
-        example = inputs.new_empty((self.sw_batch_size, inputs.shape[1], *self._roi(inputs.shape[2:]))).normal_()
-        example = example * inputs.float().std().clamp_min(1e-6) + inputs.float().mean()
+        example = self._central_windows(inputs)
         with torch.no_grad():
             self.chosen, self._runner = self._choose(network, example)
         return self._runner
+
+    def _central_windows(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``sw_batch_size`` copies of the window at the centre of ``inputs[0]``, zero-padded to the ROI as MONAI
+        pads: ``(sw_batch_size, C, *roi)``, the window batch the runtimes are built for, checked and timed on."""
+        spatial = inputs.shape[2:]
+        roi = self._roi(spatial)
+        starts = [max(0, (side - size) // 2) for side, size in zip(spatial, roi)]
+        window = inputs[(slice(0, 1), slice(None), *(slice(a, a + size) for a, size in zip(starts, roi)))].float()
+        padding = [p for got, size in zip(reversed(window.shape[2:]), reversed(roi)) for p in (0, size - got)]
+        window = F.pad(window, padding)
+        return window.expand(self.sw_batch_size, *window.shape[1:]).contiguous()
+
+    def _differs(self, name: str, out: torch.Tensor, reference: torch.Tensor) -> Optional[str]:
+        """Why ``out`` of runtime ``name`` does not match PyTorch's ``reference``, or ``None`` if it does."""
+        if name in REDUCED_PRECISION:
+            changed = out.argmax(1) != reference.argmax(1)
+            share = int(changed.sum()) / changed.numel()
+            if not share <= self.label_tolerance:
+                return f"its labels differ from PyTorch's in {share:.1e} of the voxels"
+            return None
+        difference = (out.float() - reference).abs().max().item() / max(reference.abs().max().item(), 1e-12)
+        return None if difference <= self.tolerance else f"its output differs from PyTorch's by {difference:.0e}"
 
     @staticmethod
     def _seconds(runner: Callable, example: torch.Tensor) -> float:
@@ -197,7 +236,6 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
             return self.runtime, build_runtime(self.runtime, network, example)
         runners: Dict[str, Callable] = {"torch": network}
         reference = network(example).float()  # PyTorch as trained: the reference, and its warm-up
-        scale = max(reference.abs().max().item(), 1e-12)
         for name in candidate_runtimes(example.device)[1:]:
             try:
                 runner = build_runtime(name, network, example)
@@ -205,11 +243,9 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
             except Exception as e:  # a runtime that cannot run this network is skipped, not fatal
                 logger.warning(f"inference runtime {name} skipped: {type(e).__name__}: {e}")
                 continue
-            difference = (out.float() - reference).abs().max().item() / scale
-            if not difference <= self.tolerance:
-                logger.warning(
-                    f"inference runtime {name} skipped: its output differs from PyTorch's by {difference:.0e}"
-                )
+            reason = self._differs(name, out.float(), reference)
+            if reason is not None:
+                logger.warning(f"inference runtime {name} skipped: {reason}")
                 continue
             runners[name] = runner
         # timed in rounds, each runtime once per round, so a slow spell of the machine hits all of them alike

@@ -74,7 +74,11 @@ SETTINGS: Dict[str, dict] = {
         "type": "boolean",
         "description": "bfloat16 autocast and channels_last_3d for training and search forward passes on the CPU",
     },
-    "inference_runtime": {"enum": list(RUNTIMES), "description": "auto measures the candidates on this machine"},
+    "inference_runtime": {
+        "enum": list(RUNTIMES),
+        "description": "auto measures the candidates on this machine (openvino_bf16 among them where the CPU "
+        "computes bfloat16 natively)",
+    },
 }
 
 
