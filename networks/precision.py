@@ -6,6 +6,12 @@ returned in float32, so the loss, the gradients' accumulation and the optimizer 
 scaling is needed (bfloat16 has float32's exponent range). The weights stay float32: the checkpoint, the deployed
 network and its exports are unchanged. Elsewhere (``cpu_bf16`` off, or a CUDA tensor, where ``amp`` applies)
 the forward pass is the plain one, bit for bit.
+
+One exception, found on an AMD Zen 5 (AVX512-BF16 without AMX, torch 2.13.0): oneDNN's bfloat16 weight gradient of
+a convolution whose input is smaller than its kernel along some axis (a 3x3 kernel over the 2x2x2 maps at level 4
+of a 32^3 patch) is intermittently NaN or Inf, which ended C2FNAS-Panc's trainings at the CPU profile. So under
+``CPUBFloat16`` such a convolution runs in float32 (:func:`float32_where_input_is_smaller_than_kernel`); it costs
+nothing measurable, these maps being the smallest of the network.
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from typing import Any
 import torch
 from monai.inferers import SimpleInferer
 
-__all__ = ["CPUBFloat16", "BFloat16Inferer", "cpu_has_native_bf16", "default_cpu_bf16"]
+__all__ = [
+    "CPUBFloat16",
+    "BFloat16Inferer",
+    "cpu_has_native_bf16",
+    "default_cpu_bf16",
+    "float32_where_input_is_smaller_than_kernel",
+]
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -35,12 +47,48 @@ def default_cpu_bf16(device: Any) -> bool:
     return torch.device(device).type == "cpu" and cpu_has_native_bf16()
 
 
+_FLOAT32_GUARD = "_c2fnas_float32_guard"
+
+
+def _enter_float32(conv: torch.nn.modules.conv._ConvNd, args: tuple):
+    """Forward pre-hook: under CPU autocast, a convolution whose input is smaller than its kernel along some axis
+    leaves autocast (entered here, left by :func:`_leave_float32`) and takes its input as float32."""
+    x = args[0]
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    if all(side >= k for side, k in zip(x.shape[2:], conv.kernel_size)):
+        return None
+    guard = torch.autocast("cpu", enabled=False)
+    guard.__enter__()
+    setattr(conv, _FLOAT32_GUARD, guard)
+    return (x.float(), *args[1:])
+
+
+def _leave_float32(conv: torch.nn.Module, args: tuple, output: Any) -> None:
+    guard = conv.__dict__.pop(_FLOAT32_GUARD, None)
+    if guard is not None:
+        guard.__exit__(None, None, None)
+
+
+def float32_where_input_is_smaller_than_kernel(network: torch.nn.Module) -> torch.nn.Module:
+    """Hook every convolution of ``network`` so that under CPU autocast it runs in float32 where its input is smaller
+    than its kernel along some axis (see the module doc); elsewhere, and outside autocast, nothing changes. Returns
+    ``network``, hooked once however often it is called."""
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.conv._ConvNd) and not getattr(module, "_c2fnas_float32_hooked", False):
+            module.register_forward_pre_hook(_enter_float32)
+            module.register_forward_hook(_leave_float32, always_call=True)
+            module._c2fnas_float32_hooked = True
+    return network
+
+
 class CPUBFloat16:
     """A training forward pass on the CPU in bfloat16 and ``channels_last_3d`` when ``enabled`` (see module doc).
 
     ``forward(network, image, *args)`` returns ``network(image, *args)`` as float32, ``(B, K, *S)`` for a
     ``(B, C, *S)`` image. The network's 5-D parameters are moved to ``channels_last_3d`` in place on its first call
-    (the optimizer keeps the same parameter objects).
+    (the optimizer keeps the same parameter objects), and its convolutions are hooked by
+    :func:`float32_where_input_is_smaller_than_kernel`.
     """
 
     def __init__(self, enabled: bool = False):
@@ -55,6 +103,7 @@ class CPUBFloat16:
             return network(image, *args, **kwargs)
         if network not in self._converted:
             network.to(memory_format=torch.channels_last_3d)
+            float32_where_input_is_smaller_than_kernel(network)
             self._converted.add(network)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             output = network(image.contiguous(memory_format=torch.channels_last_3d), *args, **kwargs)
