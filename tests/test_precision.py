@@ -90,3 +90,28 @@ def test_supernet_steps_train_in_bfloat16_with_float32_weights():
     assert any(not torch.equal(before[k], v) for k, v in after.items())
     convs = [p for p in supernet.parameters() if p.dim() == 5]
     assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+
+
+def test_a_convolution_whose_input_is_smaller_than_its_kernel_runs_in_float32():
+    """C2FNAS-Panc at F = 4 on a 32^3 patch reaches 2^3 maps at level 4, under its 3x3 kernels: those convolutions
+    (and only those) compute in float32 under cpu_bf16, and autocast is back on for the layers after them."""
+    network, image = _network(), torch.randn(2, 1, 32, 32, 32)
+    seen = []
+
+    def record(conv, args, output):  # runs inside the float32 region of a small convolution
+        seen.append((tuple(args[0].shape[2:]), conv.kernel_size, output.dtype, torch.is_autocast_enabled("cpu")))
+
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.register_forward_hook(record)
+    CPUBFloat16(True).forward(network, image).mean().backward()
+    small = [s for s in seen if any(side < k for side, k in zip(s[0], s[1]))]
+    large = [s for s in seen if s not in small]
+    assert small and large
+    assert all(dtype == torch.float32 and not autocast for _, _, dtype, autocast in small), small
+    assert all(dtype == torch.bfloat16 and autocast for _, _, dtype, autocast in large), large
+    assert not torch.is_autocast_enabled("cpu")
+    assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
+    seen.clear()
+    network(image)  # outside cpu_bf16 the hooks change nothing
+    assert seen and all(dtype == torch.float32 and not autocast for _, _, dtype, autocast in seen)
