@@ -12,7 +12,8 @@ error, the largest per case) and each scoring's wall time. The networks:
 
 Every scoring is a part (``search_quality.Bench``): its record under ``--records_dir`` (default
 ``benchmarks/results/inference_precision/<machine>/``) depends on the weights' digest, the configs, the code and the
-machine, and a re-run reuses it. ``--quick``: the shipped weights on two tiny cases, tiny profile (a test).
+machine, and a re-run reuses it; the report is also written to ``--work_dir``/report.json. ``--quick`` (a test): the
+shipped weights on 2 held-out cases, a coarse grid, 32^3 windows.
 
     .venv/bin/python benchmarks/inference_precision.py --trainings runs/training_reliability/embedded/runs \\
         --shipped --heldout 20
@@ -119,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--heldout", type=int, default=20, help="never-seen cases of the embedded task (0: none)")
     parser.add_argument("--records_dir", type=Path, default=None)
     parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "inference_precision")
-    parser.add_argument("--quick", action="store_true", help="the shipped weights on 2 tiny cases: that it runs")
+    parser.add_argument("--quick", action="store_true", help="the shipped weights on 2 small cases: that it runs")
     args = parser.parse_args(argv)
     work_dir = args.work_dir.resolve()
     missing = [str(f) for f in [args.profile] if not f.is_file()]
@@ -146,8 +147,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         no_profile = work_dir / "no_profile.json"  # the configs' defaults: an empty layer in the profile's place
         no_profile.parent.mkdir(parents=True, exist_ok=True)
         no_profile.write_text("{}\n")
-        profile = sq.ROOT / "tests" / "data" / "tiny_profile.json" if args.quick else no_profile
-        bench = sq.Bench(work_dir / "shipped", None, profile, True, None, records, key)
+        if args.quick:  # the shipped width (its weights) on a coarse grid with small windows
+            quick = {"plan_max_roi_size": [32, 32, 32], "plan_min_spacing": [4.0, 4.0, 4.0], "num_workers": 0}
+            no_profile.write_text(json.dumps(quick, indent=4) + "\n")
+        bench = sq.Bench(work_dir / "shipped", None, no_profile, True, None, records, key)
         networks.append(
             ("shipped", bench, sq.BUNDLE / "models" / "model.pt", sq.BUNDLE / "models" / "architecture.json")
         )
@@ -156,9 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     report: Dict[str, Any] = {"machine": machine, "rule": RULE, "networks": {}}
     for name, bench, weights, arch in networks:
         bench.heldout = heldout
-        for cases in ["validation"] + (["heldout"] if heldout else []):
+        for cases in ([] if args.quick else ["validation"]) + (["heldout"] if heldout else []):
             scored = {p: score_part(bench, name, weights, arch, cases, p) for p in PRECISIONS}
             report["networks"].setdefault(name, {})[cases] = compare(scored)
+    sq.atomic_json(work_dir / "report.json", report)
     print_report(report)
     return report
 

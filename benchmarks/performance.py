@@ -105,6 +105,16 @@ def _c2fnas(base_channels: int = 32, plain: bool = False):
     return net
 
 
+def _shipped_weights() -> str:
+    """The bundle's own weights file, by its config id (``common.json``'s ``ckpt_file``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "common.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    return parser.get_parsed_content("ckpt_file")
+
+
 def _case_volume(side: int):
     """A synthetic abdominal CT case (``scripts.data.synthetic_case``, seed 0), ``side``^3 voxels at 1 mm, windowed as
     the shipped plan normalises CT: ``(1, 1, side, side, side)`` float32. The shipped weights segment it, so a
@@ -182,7 +192,7 @@ def job_sliding_window(device, volume: int, plain: bool, sw_batch_size: int, run
     from networks.complexity import count_macs
 
     net = _c2fnas(plain=plain)
-    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(_shipped_weights(), map_location="cpu", weights_only=True))
     net = net.to(device).eval()
     macs_per_window = count_macs(net, (1, 1, 96, 96, 96))
     x = _case_volume(volume).to(device)

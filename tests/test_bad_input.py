@@ -235,7 +235,7 @@ def test_a_training_image_read_in_a_worker_is_checked_too(dataset, tmp_path):
             "inference_runtime",
             "onnx",
             "setting 'inference_runtime' (config or --inference_runtime override): 'onnx' "
-            "is not one of ['auto', 'torch', 'torch_channels_last', 'openvino']",
+            "is not one of ['auto', 'torch', 'torch_channels_last', 'openvino', 'openvino_bf16']",
         ),
     ],
 )

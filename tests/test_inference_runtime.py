@@ -6,20 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import BUNDLE, bundle_run
+from helpers import BUNDLE, bundle_run, launch
 from monai.inferers import SlidingWindowInferer
-from scripts import inference_runtime
-from scripts.inference_runtime import (
-    REDUCED_PRECISION,
-    RUNTIMES,
-    MeasuredSlidingWindowInferer,
-    build_runtime,
-    candidate_runtimes,
-)
+from scripts.inference_runtime import RUNTIMES, MeasuredSlidingWindowInferer, build_runtime, candidate_runtimes
 from torch import nn
 
 from networks import C2FNASNet, default_architecture
-from networks.precision import cpu_has_native_bf16
 
 ROI = (32, 32, 32)
 
@@ -34,43 +26,44 @@ def _volume(seed=0, shape=(40, 48, 36)):
     return torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_openvino_is_a_candidate_on_cpu_and_bfloat16_where_the_cpu_computes_it(monkeypatch):
-    float32 = ["torch", "torch_channels_last", "openvino"]
-    assert candidate_runtimes(torch.device("cpu")) == float32 + ["openvino_bf16"] * cpu_has_native_bf16()
-    for native in (False, True):
-        monkeypatch.setattr(inference_runtime, "cpu_has_native_bf16", lambda: native)
-        assert candidate_runtimes(torch.device("cpu")) == float32 + ["openvino_bf16"] * native
+def test_openvino_is_a_candidate_on_cpu_and_bfloat16_only_when_named():
+    assert candidate_runtimes(torch.device("cpu")) == ["torch", "torch_channels_last", "openvino"]
 
 
-@pytest.mark.parametrize("name", [r for r in RUNTIMES if r != "auto"])
+@pytest.mark.parametrize("name", [r for r in RUNTIMES if r not in ("auto", "openvino_bf16")])
 def test_every_runtime_predicts_what_pytorch_does(network, name):
     x = _volume()
     with torch.no_grad():
         expected = SlidingWindowInferer(ROI, 1, 0.5)(x, network)
         got = MeasuredSlidingWindowInferer(ROI, 1, 0.5, runtime=name)(x, network)
     assert got.shape == expected.shape and got.dtype == torch.float32
-    if name in REDUCED_PRECISION:  # bfloat16 keeps 8 bits of mantissa: close on average, not equal
-        assert (got - expected).abs().mean() <= 0.01 * expected.abs().max()
-    else:
-        assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
-    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.95  # random weights: near-ties flip
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.99  # random weights: near-ties flip
 
 
-def test_reduced_precision_is_checked_by_its_labels_and_float32_by_its_values():
-    inferer = MeasuredSlidingWindowInferer(ROI, tolerance=1e-3, label_tolerance=1e-3)
-    reference = torch.zeros(1, 3, 10, 10, 10)
-    reference[:, 1] = 1.0  # every voxel labelled 1
-    close = reference + 5e-4
-    assert inferer._differs("openvino", close, reference) is None
-    assert "output differs from PyTorch's by 5e-03" in inferer._differs("openvino", reference + 5e-3, reference)
-    flipped = reference.clone()
-    flipped[0, 2, 0, 0, 0] = 2.0  # one voxel of 1,000 relabelled: at the tolerance, kept
-    assert inferer._differs("openvino_bf16", flipped, reference) is None
-    flipped[0, 2, 0, 0, 1] = 2.0  # two voxels: over it
-    assert "labels differ from PyTorch's in 2.0e-03 of the voxels" in inferer._differs(
-        "openvino_bf16", flipped, reference
-    )
-    assert inferer._differs("openvino_bf16", reference * 1.01, reference) is None  # values may differ, labels not
+BFLOAT16_CHECK = """
+import torch
+from monai.inferers import SlidingWindowInferer
+from networks import C2FNASNet, default_architecture
+from scripts.inference_runtime import MeasuredSlidingWindowInferer
+torch.manual_seed(0)
+network = C2FNASNet(default_architecture(), 1, 3, 8).eval()
+x = torch.rand(1, 1, 40, 48, 36, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    expected = SlidingWindowInferer((32, 32, 32), 1, 0.5)(x, network)
+    got = MeasuredSlidingWindowInferer((32, 32, 32), 1, 0.5, runtime="openvino_bf16")(x, network)
+print(tuple(got.shape) == tuple(expected.shape), got.dtype, float((got - expected).abs().mean() / expected.abs().max()),
+      float((got.argmax(1) == expected.argmax(1)).float().mean()))
+"""
+
+
+def test_openvino_bf16_when_named_predicts_close_to_pytorch():
+    """In its own process: a process that ran OpenVINO in bfloat16 and later forked died in this suite on a Zen 5."""
+    done = launch(["-c", BFLOAT16_CHECK], BUNDLE, timeout=300)  # from the bundle folder: its package scripts
+    assert done.returncode == 0, done.stderr[-2000:]
+    same_shape, dtype, error, agreement = done.stdout.split()[-4:]
+    assert same_shape == "True" and dtype == "torch.float32"
+    assert float(error) <= 0.01 and float(agreement) > 0.95  # bfloat16: close on average, random weights' near-ties
 
 
 def test_runtimes_are_checked_on_the_central_window_of_the_volume():
@@ -83,18 +76,14 @@ def test_runtimes_are_checked_on_the_central_window_of_the_volume():
 
 
 def test_auto_measures_every_candidate_and_keeps_the_fastest(network):
-    # random weights: bfloat16's near-ties would fail the label check, which its own test covers
-    inferer = MeasuredSlidingWindowInferer(ROI, 2, 0.5, runtime="auto", min_windows=0, label_tolerance=1.0)
+    inferer = MeasuredSlidingWindowInferer(ROI, 2, 0.5, runtime="auto", min_windows=0)
     x = _volume()
     with torch.no_grad():
         got = inferer(x, network)
         expected = SlidingWindowInferer(ROI, 2, 0.5)(x, network)
     assert set(inferer.timings) == set(candidate_runtimes(torch.device("cpu")))
     assert inferer.chosen == min(inferer.timings, key=inferer.timings.get)
-    if inferer.chosen in REDUCED_PRECISION:
-        assert (got - expected).abs().mean() <= 0.01 * expected.abs().max()
-    else:
-        assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
     chosen = inferer._runner
     with torch.no_grad():
         inferer(_volume(1), network)  # same weights: no second measurement
@@ -102,7 +91,7 @@ def test_auto_measures_every_candidate_and_keeps_the_fastest(network):
 
 
 def test_auto_keeps_pytorch_until_the_work_pays_for_the_choice(network):
-    inferer = MeasuredSlidingWindowInferer(ROI, 1, 0.5, runtime="auto", min_windows=40, label_tolerance=1.0)
+    inferer = MeasuredSlidingWindowInferer(ROI, 1, 0.5, runtime="auto", min_windows=40)
     x = _volume(shape=(48, 48, 48))  # 2 x 2 x 2 windows at overlap 0.5
     assert inferer.count_windows(x.shape) == 8
     with torch.no_grad():

@@ -76,8 +76,8 @@ SETTINGS: Dict[str, dict] = {
     },
     "inference_runtime": {
         "enum": list(RUNTIMES),
-        "description": "auto measures the candidates on this machine (openvino_bf16 among them where the CPU "
-        "computes bfloat16 natively)",
+        "description": "auto measures torch, torch_channels_last and openvino on this machine; openvino_bf16 "
+        "(OpenVINO in bfloat16) runs only when named",
     },
 }
 
