@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402
+from performance import cpu_info  # noqa: E402
 from training_reliability import heldout_dataset  # noqa: E402
 
 PRECISIONS = {"float32": "openvino", "bfloat16": "openvino_bf16"}  # name -> inference_runtime
@@ -46,13 +47,7 @@ def file_digest(path: Path) -> str:
 
 def cpu_id() -> str:
     """``f<family>m<model>`` of this CPU (Linux), which its model name alone may not tell (every AMD EPYC)."""
-    info: Dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    info = cpu_info()
     return f"f{info.get('cpu family', '?')}m{info.get('model', '?')}"
 
 

@@ -768,10 +768,9 @@ def section_throughput(args, found: dict) -> None:
     found["throughput"] = {"seconds_per_iteration": per_iteration, "patches_per_second": patches / per_iteration}
 
 
-def machine(device: str) -> str:
-    """The machine the figures are measured on: CPU model (family/model), cores, device, versions."""
-    import torch
-
+def cpu_info() -> Dict[str, str]:
+    """The first CPU's fields of ``/proc/cpuinfo`` (``model name``, ``cpu family``, ``model``, ``flags``...); empty
+    where there is none (not Linux)."""
     info: Dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -779,6 +778,14 @@ def machine(device: str) -> str:
             info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return info
+
+
+def machine(device: str) -> str:
+    """The machine the figures are measured on: CPU model (family/model), cores, device, versions."""
+    import torch
+
+    info = cpu_info()
     cpu = info.get("model name", platform.processor() or platform.machine())
     if "cpu family" in info:
         cpu += f" (family {info['cpu family']} model {info.get('model', '?')})"
