@@ -229,7 +229,7 @@ class MeasuredSlidingWindowInferer(SlidingWindowInferer):
             except Exception as e:  # a runtime that cannot run this network is skipped, not fatal
                 logger.warning(f"inference runtime {name} skipped: {type(e).__name__}: {e}")
                 continue
-            reason = self._differs(out.float(), reference)
+            reason = self._differs(out, reference)
             if reason is not None:
                 logger.warning(f"inference runtime {name} skipped: {reason}")
                 continue
