@@ -139,13 +139,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for name, run in trained_networks(args.trainings.resolve()).items():
             networks.append((name, bench, run / "models" / "model.pt", run / "architecture.json"))
     if args.shipped:
-        no_profile = work_dir / "no_profile.json"  # the configs' defaults: an empty layer in the profile's place
-        no_profile.parent.mkdir(parents=True, exist_ok=True)
-        no_profile.write_text("{}\n")
-        if args.quick:  # the shipped width (its weights) on a coarse grid with small windows
-            quick = {"plan_max_roi_size": [32, 32, 32], "plan_min_spacing": [4.0, 4.0, 4.0], "num_workers": 0}
-            no_profile.write_text(json.dumps(quick, indent=4) + "\n")
-        bench = sq.Bench(work_dir / "shipped", None, no_profile, True, None, records, key)
+        # the configs' defaults (an empty layer in the profile's place); at --quick the shipped width (its weights)
+        # on a coarse grid with small windows
+        quick = {"plan_max_roi_size": [32, 32, 32], "plan_min_spacing": [4.0, 4.0, 4.0], "num_workers": 0}
+        shipped_layer = work_dir / "shipped_layer.json"
+        shipped_layer.parent.mkdir(parents=True, exist_ok=True)
+        shipped_layer.write_text(json.dumps(quick if args.quick else {}, indent=4) + "\n")
+        bench = sq.Bench(work_dir / "shipped", None, shipped_layer, True, None, records, key)
         networks.append(
             ("shipped", bench, sq.BUNDLE / "models" / "model.pt", sq.BUNDLE / "models" / "architecture.json")
         )
