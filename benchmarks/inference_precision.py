@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import math
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -33,8 +32,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402
-from performance import cpu_info  # noqa: E402
-from training_reliability import heldout_dataset  # noqa: E402
 
 PRECISIONS = {"float32": "openvino", "bfloat16": "openvino_bf16"}  # name -> inference_runtime
 INFERENCE_CODE = ["networks", "bundle/scripts"]
@@ -43,12 +40,6 @@ RULE = 0.005  # the adoption rule (docs/benchmarks.md, benchmark 9): |mean Dice 
 
 def file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
-def cpu_id() -> str:
-    """``f<family>m<model>`` of this CPU (Linux), which its model name alone may not tell (every AMD EPYC)."""
-    info = cpu_info()
-    return f"f{info.get('cpu family', '?')}m{info.get('model', '?')}"
 
 
 def trained_networks(folder: Path) -> Dict[str, Path]:
@@ -125,14 +116,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         parser.error(f"{', '.join(missing)}: do not exist")
     if args.quick:
         args.shipped, args.heldout, args.trainings = True, 2, None
-    machine = {**sq.machine(), "cpu_id": cpu_id()}
-    slug = re.sub(r"[^a-z0-9]+", "_", f"{machine['cpu']} {machine['cpu_id']}".lower()).strip("_")
+    machine = sq.machine()
+    slug = machine["slug"]
     records = (args.records_dir or (work_dir / "records" if args.quick else sq.ROOT / "benchmarks" / "results"
                                     / "inference_precision" / slug)).resolve()  # fmt: skip
     heldout = None
     if args.heldout:
-        heldout = (heldout_dataset("embedded", work_dir / "data", args.heldout), {"cases": args.heldout, "seed": 1})
-    key = {"task": "embedded", "generator": sq.code_digest(["bundle/scripts/data.py"])}
+        heldout = (sq.heldout_dataset("embedded", work_dir / "data", args.heldout), {"cases": args.heldout, "seed": 1})
+    key = sq.generator_key("embedded")
     networks: List[tuple] = []  # (name, bench, weights, architecture)
     if args.trainings is not None:
         bench = sq.Bench(work_dir / "trained", None, args.profile.resolve(), True, None, records, key)

@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:  # run as a script: the generated tasks come as be
     sys.path.insert(0, str(ROOT))
 from benchmarks.tasks import TASKS, bundle_importable  # noqa: E402
 from benchmarks.tasks import dataset as task_dataset  # noqa: E402
+from benchmarks.tasks import heldout_dataset  # noqa: E402,F401  (used by main and the benchmarks that import this one)
 
 BUNDLE = ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -89,19 +90,30 @@ def stage_chain():
 
 
 def machine() -> Dict[str, Any]:
-    """CPU model, usable cores, Python and torch versions."""
+    """CPU model, its ``cpu_id`` (``f<family>m<model>``: the model name alone may not tell two generations apart,
+    every AMD EPYC), ``slug`` (both, for folder names), usable cores, Python and torch versions."""
     import torch
 
-    model = platform.processor() or platform.machine()
+    info: Dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    cpu_id = f"f{info.get('cpu family', '?')}m{info.get('model', '?')}"
+    slug = re.sub(r"[^a-z0-9]+", "_", f"{model} {cpu_id}".lower()).strip("_")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "cores": cores, "python": platform.python_version(), "torch": torch.__version__}
+    found = {"cpu": model, "cpu_id": cpu_id, "slug": slug, "cores": cores}
+    return {**found, "python": platform.python_version(), "torch": torch.__version__}
+
+
+def generator_key(task: str) -> Dict[str, str]:
+    """What a generated task's records depend on in place of its folder: its name and the digest of the code that
+    generates it (``embedded``: the bundle's own generator), so they hold on another checkout or machine."""
+    generator = ["bundle/scripts/data.py"] + ([] if task == "embedded" else ["benchmarks/tasks.py"])
+    return {"task": task, "generator": code_digest(generator)}
 
 
 def code_digest(paths: Sequence[str], root: Path = ROOT) -> str:

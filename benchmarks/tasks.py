@@ -220,3 +220,18 @@ def dataset(name: str, folder: Path, num_cases: int = 24, num_test: int = 2, see
             folder, num_cases, num_test, seed, task["shape"], make, task["meta"], task["spacing"]
         )
     return Path(folder)
+
+
+def heldout_dataset(task: str, folder: Path, cases: int) -> Path:
+    """``cases`` labelled cases of ``task`` (a generated task, or ``embedded``: the bundle's synthetic pancreas)
+    never seen in training: the same generator with seed 1 (the training data is seed 0), generated once into
+    ``folder/<task>_heldout<cases>``."""
+    target = folder / f"{task}_heldout{cases}"
+    if task != "embedded":
+        return dataset(task, target, cases, 0, seed=1)
+    if not (target / "dataset.json").exists():
+        bundle_importable()
+        from scripts.data import generate_synthetic_dataset
+
+        generate_synthetic_dataset(target, cases, 0, seed=1)
+    return target

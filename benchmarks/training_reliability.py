@@ -129,20 +129,6 @@ def dice_by_size(runs: Sequence[Dict[str, Any]], volumes: Dict[str, List[float]]
     return {"seeds": len(scored), "classes": report}
 
 
-def heldout_dataset(task: str, folder: Path, cases: int) -> Path:
-    """``cases`` labelled cases of ``task`` never seen in training: the same generator with seed 1 (the training
-    data is seed 0), generated once into ``folder/<task>_heldout<cases>``."""
-    target = folder / f"{task}_heldout{cases}"
-    if task != "embedded":
-        return sq.task_dataset(task, target, cases, 0, seed=1)
-    if not (target / "dataset.json").exists():
-        sq.bundle_importable()
-        from scripts.data import generate_synthetic_dataset
-
-        generate_synthetic_dataset(target, cases, 0, seed=1)
-    return target
-
-
 def window_gmacs(bench: sq.Bench, arch: Optional[dict], extra: Sequence[Path]) -> float:
     """Multiply-adds (1e9) of one window (the plan's ``roi_size``, batch 1) of the network ``train.json`` builds for
     ``arch`` (C2FNAS) or the network override in ``extra``, counted on the meta device."""
@@ -289,11 +275,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     machine = None
     for task in tasks:
         dataset_dir = None if task == "embedded" else sq.task_dataset(task, work_dir / "data" / task)
-        generator = ["bundle/scripts/data.py"] + ([] if task == "embedded" else ["benchmarks/tasks.py"])  # its code
-        key = {"task": task, "generator": sq.code_digest(generator)}
+        key = sq.generator_key(task)
         bench = sq.Bench(work_dir / task, dataset_dir, profile, not args.no_reuse, None, records / task, key)
         if args.heldout:
-            bench.heldout = (heldout_dataset(task, work_dir / "data", args.heldout), {"cases": args.heldout, "seed": 1})
+            heldout = sq.heldout_dataset(task, work_dir / "data", args.heldout)
+            bench.heldout = (heldout, {"cases": args.heldout, "seed": 1})
             heldout_volumes = class_volumes(bench.heldout[0])
         machine = bench.machine
         report["tasks"][task] = {}
