@@ -81,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from networks import Architecture
 
     report = json.loads(report_file.read_text())
-    settings, archs, train = report["settings"], report["architectures"], report["train"]
+    settings, archs, nets = report["settings"], report["architectures"], report["figures"]["networks"]
     task = settings.get("task", "embedded")
     dataset_dir: Optional[Path] = Path(settings["dataset_dir"])
     if task == "embedded" and dataset_dir == sq.BUNDLE / "data" / "synthetic":
@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     correlation: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for stage, by_name in scores.items():
         members = sorted(by_name)
-        standalone = [train[n]["dice"] for n in members]
+        standalone = [nets[n]["mean"] for n in members]  # the benchmark's ruler: the mean over training seeds
         correlation[stage] = {v: sq.kendall_spearman([by_name[n][v] for n in members], standalone) for v in variants}
     coarse_stages = [s for s in correlation if s.startswith("coarse")]
     summary: Dict[str, Dict[str, Optional[float]]] = {}

@@ -23,7 +23,6 @@ search_quality_e80.json [--base_channels 8] [--roi_size 32 32 32] [--in_channels
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -32,42 +31,9 @@ from typing import Any, Dict, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality as sq  # noqa: E402  (its rank correlation, so both use one definition)
+from proxies import proxies  # noqa: E402
 
 FORMAT = "c2fnas-proxy-baselines/1"
-
-
-def synflow(net: Any, in_channels: int, roi_size: Sequence[int]) -> float:
-    """SynFlow of ``net`` (a copy is scored: absolute weights, norms removed, float64, one all-ones window)."""
-    import torch
-    from torch import nn
-
-    scored = copy.deepcopy(net).double()
-    for module in list(scored.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.modules.instancenorm._InstanceNorm):
-                setattr(module, name, nn.Identity())
-    with torch.no_grad():
-        for p in scored.parameters():
-            p.abs_()
-    scored.zero_grad()
-    scored(torch.ones(1, in_channels, *roi_size, dtype=torch.float64)).sum().backward()
-    return float(sum((p * p.grad).abs().sum().item() for p in scored.parameters() if p.grad is not None))
-
-
-def proxies(arch: Dict[str, Any], in_channels: int, out_channels: int, width: int, roi: Sequence[int]) -> dict:
-    import torch
-
-    from networks import C2FNASNet
-    from networks.complexity import count_parameters, window_macs
-
-    arch = {"format": "c2fnas-arch/1", **arch}
-    torch.manual_seed(0)
-    net = C2FNASNet(arch, in_channels, out_channels, width)
-    return {
-        "parameters": count_parameters(net),
-        "gmacs": window_macs(arch, in_channels, out_channels, width, roi) / 1e9,
-        "synflow": synflow(net, in_channels, roi),
-    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

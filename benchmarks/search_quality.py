@@ -5,28 +5,32 @@ then ``evaluate.json``, one fixed budget: the profile's), on the same train/vali
 
 1. ``search``: the coarse and fine search (``search_coarse.json``, ``search_fine.json``) with seeds 0..S-1, keeping
    their supernets (``keep_supernets``);
-2. ``random``: N architectures drawn uniformly from the same space (topology uniform over the valid topologies, one
-   op per cell uniformly), and M op assignments drawn uniformly on seed 0's searched topology (the fine stage's
-   space); each trained alone;
-3. ``fitness``: the supernet Dice the search would give each of them: the coarse supernets of every seed (the
-   supernet of the topology's cluster; the architecture with its own ops, and the topology as the evolution scores
-   it) and seed 0's fine supernet (the op assignments);
-4. ``reference``: each searched architecture trained alone; seed 0's also with training seeds 1..T-1 (the noise
-   floor of a stand-alone Dice); C2FNAS-Panc at the profile's width; MONAI's ``UNet`` and ``SegResNet`` (network
-   override of ``train.json``) trained for the wall time of seed 0's searched network (epochs from the epoch and
-   validation times of short real trainings of all three).
+2. ``fitness``: the supernet Dice the search gives N architectures drawn uniformly from the space (topology uniform
+   over the valid topologies, one op per cell uniformly; the coarse supernets of every seed, the architecture with
+   its own ops and the topology as the evolution scores it) and M op assignments drawn on seed 0's searched
+   topology (seed 0's fine supernet: the fine stage's space); ``proxies``: their parameters, multiply-adds and
+   SynFlow, rankers that train nothing;
+3. ``train``: every network trained alone with training seeds 0..T-1: the N random architectures, the M op
+   assignments, the S searched ones, C2FNAS-Panc at the profile's width, MONAI's ``UNet`` and ``SegResNet``
+   (network override of ``train.json``) for the training wall time of seed 0's searched network (epochs from the
+   epoch and validation times of short real trainings of all three). Each is also scored on never-seen cases of the
+   task's generator (``--heldout``).
 
-Then it reports every stand-alone Dice, each searched result's percentile among the random architectures, Kendall
-tau and Spearman rho between supernet fitness and stand-alone Dice, random search at equal compute (random
-architectures trained in a random order until the search's wall time plus its network's training is spent, the
-best by validation Dice; mean over orders), the spread over seeds and the wall time of every part; writes
-``search_quality.json`` and two pictures into ``--work_dir``.
+A network's stand-alone Dice (the ruler) is its mean over the T training seeds, on the held-out cases where there
+are some, else on validation; the noise floor is the pooled standard deviation over seeds. The report gives each
+searched result's percentile among the random architectures, Kendall tau and Spearman rho of supernet fitness and
+of each proxy against the ruler, random search at equal compute (random architectures trained in a random order
+until the search's wall time plus its network's training is spent, the best by its one training's validation Dice,
+scored by the ruler; mean over orders), Dice against multiply-adds with the Pareto front, the targets and the wall
+time of every part; it writes ``search_quality.json`` and three pictures.
 
-Finished parts are kept in ``--work_dir/parts`` with the inputs they depend on (configs, overrides, the digest of
-the code they run, the CPU model); running the benchmark again reuses those whose inputs are unchanged, so a
-killed run continues and a change to ``search/`` re-runs only the search and what depends on it.
+Finished parts are kept with the inputs they depend on (configs, overrides, the digest of the code they run, the
+task's generator, the CPU model), by default in the repository (``benchmarks/results/search_quality/<cpu>/
+<profile>/<task>``): running the benchmark again, here or on another machine of the same kind, reuses those whose
+inputs are unchanged, so a killed run continues and a change to ``search/`` re-runs only the search and what depends
+on it.
 
-    .venv/bin/python benchmarks/search_quality.py [--dataset_dir DIR] [--profile JSON] [--quick]
+    .venv/bin/python benchmarks/search_quality.py [--task brain_mr] [--dataset_dir DIR] [--profile JSON] [--quick]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import argparse
 import ast
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -219,6 +224,16 @@ class Bench:
             raise RuntimeError(f"{' '.join(argv[:4])} failed (exit {process.returncode}); see {log}: {lines[-1:]}")
         return wall
 
+    def key(self, inputs: Dict[str, Any]) -> str:
+        """The key of a part's record: sha1 of its inputs (with the CPU model and the dataset's key added)."""
+        return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+    def recorded(self, name: str, inputs: Dict[str, Any]) -> bool:
+        """Whether part ``name`` has a record for ``inputs`` (``part`` would reuse it)."""
+        record_file = self.records_dir / f"{name}.json"
+        full = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
+        return self.reuse and record_file.exists() and json.loads(record_file.read_text()).get("key") == self.key(full)
+
     def part(
         self,
         name: str,
@@ -226,6 +241,7 @@ class Bench:
         run: Callable[[Path], Dict[str, Any]],
         resumable: bool = False,
         group: Optional[str] = None,
+        force: bool = False,
     ):
         """The result of part ``name``: reused from ``parts/<name>.json`` when its ``inputs`` are unchanged, else
         ``run(folder)``. A part that did not finish restarts in an empty folder, unless it is ``resumable`` (a
@@ -236,13 +252,14 @@ class Bench:
         that need not change what a training computes, such as a report added to the evaluation) are kept when the
         first of them, run again, reproduces its record exactly (every Dice to 1e-6): the change did not change what
         that training computes. The others are then re-keyed without running, each noting the reproduction
-        (``carried_over``). If the reproduction differs, every part of the group runs again."""
+        (``carried_over``). If the reproduction differs, every part of the group runs again. ``force`` runs the
+        part even where its record holds (to remake its run folder: a search's supernets)."""
         inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
-        key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        key = self.key(inputs)
         record_file = self.records_dir / f"{name}.json"
         folder = self.work_dir / "runs" / name
         stale = None
-        if self.reuse and record_file.exists():
+        if self.reuse and not force and record_file.exists():
             record = json.loads(record_file.read_text())
             if record.get("key") == key:
                 self.reused.append(name)
@@ -337,8 +354,9 @@ def parsed(files: Sequence[Path], overrides: Dict[str, Any]):
 # ---------------------------------------------------------------------------------------------------- parts
 
 
-def search_part(bench: Bench, seed: int) -> Dict[str, Any]:
-    """Coarse and fine search with ``seed``, keeping their supernets."""
+def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
+    """Coarse and fine search with ``seed``, keeping their supernets (in ``work_dir/runs/search_seed<seed>``);
+    ``force``: run it even where its record holds, to remake the supernets the record does not keep."""
     coarse, fine = bench.config_files("search_coarse"), bench.config_files("search_fine")
 
     def run(folder: Path) -> Dict[str, Any]:
@@ -350,7 +368,7 @@ def search_part(bench: Bench, seed: int) -> Dict[str, Any]:
         return {"seed": seed, "arch": arch, "wall_s": {"coarse": wall_coarse, "fine": wall_fine}}
 
     inputs = {"configs": [config_inputs(coarse), config_inputs(fine)], "seed": seed, "code": code_digest(SEARCH_CODE)}
-    return bench.part(f"search_seed{seed}", inputs, run, resumable=True)
+    return bench.part(f"search_seed{seed}", inputs, run, resumable=True, force=force)
 
 
 def train_part(
@@ -434,10 +452,15 @@ def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], 
     return {name: arch.to_dict() for name, arch in found.items()}
 
 
-def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> Dict[str, Any]:
-    """Supernet fitness of ``archs``: ``coarse`` from each seed's coarse supernets (the random architectures and
-    the searched ones), ``fine`` from seed 0's fine supernet (the op assignments and seed 0's searched one)."""
+def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[str, dict]) -> Dict[str, Any]:
+    """Supernet fitness of ``archs``: ``coarse`` from each search seed's coarse supernets (the random architectures
+    and the searched ones), ``fine`` from seed 0's fine supernet (the op assignments and seed 0's searched one).
+    Records keep the searches' results, not their supernets: where this part has no record and a search's supernets
+    are not in this work dir (another machine, a cleaned scratch), that search runs again and must give its record's
+    architecture."""
     from networks import Architecture
+
+    seeds = [int(s) for s in searches]
 
     def run(folder: Path) -> Dict[str, Any]:
         start, found = time.perf_counter(), {"coarse": {}, "fine": {}}
@@ -456,13 +479,23 @@ def fitness_part(bench: Bench, seeds: Sequence[int], archs: Dict[str, dict]) -> 
                 found["fine"] = {
                     name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
                     for name, arch in archs.items()
-                    if name.startswith("ops") or name == f"searched_seed{seed}"
+                    if name.startswith("ops") or name == f"searched{seed}"
                 }
         found["wall_s"] = time.perf_counter() - start
         return found
 
-    inputs = {"archs": archs, "seeds": list(seeds), "code": code_digest(SEARCH_CODE)}
+    inputs = {"archs": archs, "seeds": seeds, "code": code_digest(SEARCH_CODE)}
     inputs["searches"] = [json.loads((bench.records_dir / f"search_seed{s}.json").read_text())["key"] for s in seeds]
+    if not bench.recorded("fitness", inputs):
+        for seed in seeds:
+            folder = bench.work_dir / "runs" / f"search_seed{seed}"
+            if not (folder / "supernets").is_dir():
+                again = search_part(bench, seed, force=True)
+                if again["arch"] != searches[str(seed)]["arch"]:
+                    raise RuntimeError(
+                        f"search seed {seed} run again to remake its supernets found {again['arch']}, not its "
+                        f"record's {searches[str(seed)]['arch']} (another CPU kind?): run with --no_reuse"
+                    )
     return bench.part("fitness", inputs, run)
 
 
@@ -543,6 +576,56 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
     return bench.part(f"calibration{bench.tag}", inputs, run)
 
 
+# ---------------------------------------------------------------------------------------------------- cost, proxies
+
+
+def window_gmacs(bench: Bench, arch: Optional[dict], extra: Sequence[Path] = ()) -> float:
+    """Multiply-adds (1e9) of one window (the plan's ``roi_size``, batch 1) of the network ``train.json`` builds for
+    ``arch`` (C2FNAS; None: the configs' default, C2FNAS-Panc) or the network override in ``extra``, counted on the
+    meta device."""
+    from networks import DEFAULT_ARCHITECTURE_FILE, Architecture, save_architecture
+    from networks.complexity import count_macs
+
+    folder = bench.work_dir / "cost"
+    arch_file = DEFAULT_ARCHITECTURE_FILE
+    if arch is not None:
+        arch_file = folder / "architecture.json"
+        save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
+    parser = parsed(bench.config_files("train", extra), bench.overrides(folder, arch_file=str(arch_file)))
+    roi, channels = parser.get_parsed_content("roi_size"), parser.get_parsed_content("in_channels")
+    return count_macs(parser.get_parsed_content("network_def"), (1, channels, *roi)) / 1e9
+
+
+def pareto_front(points: Sequence[tuple]) -> List[int]:
+    """Indices of the ``(cost, value)`` points no other point beats (lower or equal cost and higher value, or
+    lower cost and equal value), by increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front: List[int] = []
+    for i in order:
+        if not front or points[i][1] > points[front[-1]][1]:
+            front.append(i)
+    return front
+
+
+def proxies_part(bench: Bench, archs: Dict[str, dict]) -> Dict[str, Any]:
+    """Parameters, multiply-adds per window and SynFlow (``benchmarks/proxies.py``) of every C2FNAS architecture in
+    ``archs``, at the width, window and channels ``train.json`` trains them with: cheap rankers, no training."""
+    from benchmarks.proxies import proxies
+
+    parser = parsed(bench.config_files("train"), bench.overrides(bench.work_dir / "cost"))
+    shape = {k: parser.get_parsed_content(k) for k in ("in_channels", "num_classes", "base_channels", "roi_size")}
+
+    def run(folder: Path) -> Dict[str, Any]:
+        found = {
+            name: proxies(arch, shape["in_channels"], shape["num_classes"], shape["base_channels"], shape["roi_size"])
+            for name, arch in archs.items()
+        }
+        return {"shape": shape, "proxies": found}
+
+    inputs = {"archs": archs, "shape": shape, "code": code_digest(["networks", "benchmarks/proxies.py"])}
+    return bench.part("proxies", inputs, run)
+
+
 # ---------------------------------------------------------------------------------------------------- analysis
 
 
@@ -566,13 +649,16 @@ def percentile(values: Sequence[float], score: float) -> float:
     return float(stats.percentileofscore(values, score, kind="mean"))
 
 
-def random_search(dice: Sequence[float], cost: Sequence[float], budget: float, orders: int, seed: int) -> dict:
-    """Random search at equal compute: architectures trained in a random order while the spent cost stays within
-    ``budget`` (at least one), the best by validation Dice; mean and spread over ``orders`` random orders."""
+def random_search(
+    select: Sequence[float], outcome: Sequence[float], cost: Sequence[float], budget: float, orders: int, seed: int
+) -> dict:
+    """Random search at equal compute: architectures trained in a random order while the spent ``cost`` stays
+    within ``budget`` (at least one), the one with the best ``select`` (what a random search sees: one training's
+    validation Dice) kept and scored by its ``outcome`` (the ruler); mean and spread over ``orders`` orders."""
     r = random.Random(f"search-quality:{seed}:random-search")
     best, counts = [], []
     for _ in range(orders):
-        order = list(range(len(dice)))
+        order = list(range(len(select)))
         r.shuffle(order)
         spent, chosen = 0.0, []
         for i in order:
@@ -580,7 +666,7 @@ def random_search(dice: Sequence[float], cost: Sequence[float], budget: float, o
                 break
             spent += cost[i]
             chosen.append(i)
-        best.append(max(dice[i] for i in chosen))
+        best.append(outcome[max(chosen, key=lambda i: select[i])])
         counts.append(len(chosen))
     return {
         "budget_s": budget,
@@ -591,64 +677,94 @@ def random_search(dice: Sequence[float], cost: Sequence[float], budget: float, o
     }
 
 
+def ruler(result: Dict[str, Any]) -> float:
+    """The Dice a training is ranked by: on the held-out cases where it was scored there, else on validation."""
+    return result["heldout"]["dice"] if "heldout" in result else result["dice"]
+
+
+def standalone(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One network's trainings (one per training seed) summed up: each seed's ruler Dice, their mean and standard
+    deviation, the mean per class and on validation, and what a random search would see of it (its first seed's
+    validation Dice and wall time)."""
+    dice = [ruler(r) for r in runs]
+    classes = list((runs[0]["heldout"] if "heldout" in runs[0] else runs[0])["per_class"])
+    per_class = {
+        c: statistics.fmean(((r["heldout"] if "heldout" in r else r)["per_class"][c] or 0.0) for r in runs)
+        for c in classes
+    }
+    return {
+        "per_seed": dice,
+        "mean": statistics.fmean(dice),
+        "std": statistics.stdev(dice) if len(dice) > 1 else 0.0,
+        "per_class": per_class,
+        "validation_mean": statistics.fmean(r["dice"] for r in runs),
+        "first_seed": {"validation": runs[0]["dice"], "wall_s": runs[0]["wall_s"]},
+        "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs),
+    }
+
+
 def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    """Every figure of the report from the parts' results."""
+    """Every figure of the report from the parts' results. Each network's stand-alone Dice is the mean over its
+    training seeds (``standalone``); the noise floor is their pooled standard deviation over every network."""
     train, searches, fitness = found["train"], found["search"], found["fitness"]
     seeds = [int(s) for s in searches]
-    random_names = sorted(n for n in train if n.startswith("random"))
-    ops_names = sorted(n for n in train if n.startswith("ops"))
-    random_dice = [train[n]["dice"] for n in random_names]
-    random_cost = [train[n]["wall_s"] for n in random_names]
-    noise = [train["searched_seed0"]["dice"]] + [
-        train[f"searched_seed0_train{t}"]["dice"] for t in found["noise_seeds"]
-    ]
-    noise_floor = statistics.stdev(noise) if len(noise) > 1 else 0.0
-    q75 = statistics.quantiles(random_dice, n=4, method="inclusive")[2] if len(random_dice) > 1 else random_dice[0]
+    nets = {n: standalone([train[f"{n}_seed{t}"] for t in range(args.training_seeds)]) for n in found["networks"]}
+    noise_floor = math.sqrt(statistics.fmean(v["std"] ** 2 for v in nets.values()))
+    random_names = sorted(n for n in nets if n.startswith("random"))
+    ops_names = sorted(n for n in nets if n.startswith("ops"))
+    random_dice = [nets[n]["mean"] for n in random_names]
+    q75 = statistics.quantiles(random_dice, n=4, method="inclusive")[2]
 
     searched = {}
     for s in seeds:
+        net = nets[f"searched{s}"]
         search_wall = sum(searches[str(s)]["wall_s"].values())
-        dice = train[f"searched_seed{s}"]["dice"]
-        budget = search_wall + train[f"searched_seed{s}"]["wall_s"]
-        rs = random_search(random_dice, random_cost, budget, args.orders, s)
+        budget = search_wall + net["first_seed"]["wall_s"]
+        select = [nets[n]["first_seed"]["validation"] for n in random_names]
+        cost = [nets[n]["first_seed"]["wall_s"] for n in random_names]
+        rs = random_search(select, random_dice, cost, budget, args.orders, s)
         searched[str(s)] = {
             "arch": searches[str(s)]["arch"],
-            "dice": dice,
-            "per_class": train[f"searched_seed{s}"]["per_class"],
-            "percentile_among_random": percentile(random_dice, dice),
-            "at_or_above_random_q75": dice >= q75,
+            "dice": net["mean"],
+            "per_class": net["per_class"],
+            "percentile_among_random": percentile(random_dice, net["mean"]),
+            "at_or_above_random_q75": net["mean"] >= q75,
             "search_wall_s": search_wall,
             "random_search_equal_compute": rs,
-            "margin_over_random_search": dice - rs["dice_mean"],
-            "margin_in_noise_floors": (dice - rs["dice_mean"]) / noise_floor if noise_floor > 0 else None,
+            "margin_over_random_search": net["mean"] - rs["dice_mean"],
+            "margin_in_noise_floors": (net["mean"] - rs["dice_mean"]) / noise_floor if noise_floor > 0 else None,
         }
 
-    correlation = {"coarse": {}, "fine": {}}
+    correlation: Dict[str, Any] = {"coarse": {}, "fine": {}}
     for s in seeds:
         scores = fitness["coarse"][str(s)]
         correlation["coarse"][str(s)] = {
             "architecture": kendall_spearman([scores[n]["architecture"] for n in random_names], random_dice),
             "topology": kendall_spearman([scores[n]["topology"] for n in random_names], random_dice),
         }
-    fine_scores = fitness["fine"]
-    correlation["fine"]["0"] = kendall_spearman(
-        [fine_scores[n]["architecture"] for n in ops_names], [train[n]["dice"] for n in ops_names]
-    )
+    ops_dice = [nets[n]["mean"] for n in ops_names]
+    correlation["fine"]["0"] = kendall_spearman([fitness["fine"][n]["architecture"] for n in ops_names], ops_dice)
     taus = [c["architecture"]["kendall_tau"] for c in correlation["coarse"].values()]
     coarse_tau = statistics.fmean(taus) if all(t is not None for t in taus) else None
     fine_tau = correlation["fine"]["0"]["kendall_tau"]
+    values = found["proxies"]["proxies"]
+    proxy_tau = {
+        stage: {p: kendall_spearman([values[n][p] for n in names], dice) for p in ("parameters", "gmacs", "synflow")}
+        for stage, names, dice in (("coarse", random_names, random_dice), ("fine", ops_names, ops_dice))
+    }
 
     searched_dice = [v["dice"] for v in searched.values()]
-    baselines = {n: train[n] for n in ("panc", *BASELINES)}
-    best_baseline = max(train[n]["dice"] for n in BASELINES)
-    search_wall = [v["search_wall_s"] for v in searched.values()]
+    best_baseline = max(nets[n]["mean"] for n in BASELINES)
     figures = {
-        "random": {n: train[n]["dice"] for n in random_names},
+        "ruler": "held-out" if "heldout" in train[f"{found['networks'][0]}_seed0"] else "validation",
+        "training_seeds": args.training_seeds,
+        "networks": nets,
+        "random": {n: nets[n]["mean"] for n in random_names},
         "random_q75": q75,
         "random_mean": statistics.fmean(random_dice),
         "random_best": max(random_dice),
-        "ops": {n: train[n]["dice"] for n in ops_names},
-        "noise": {"dice": noise, "std": noise_floor, "range": max(noise) - min(noise)},
+        "ops": {n: nets[n]["mean"] for n in ops_names},
+        "noise": {"std": noise_floor, "per_network_std": {n: v["std"] for n, v in nets.items()}},
         "searched": searched,
         "searched_spread": {
             "mean": statistics.fmean(searched_dice),
@@ -660,17 +776,26 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
             ),
         },
         "correlation": correlation,
-        "baselines": {
-            n: {"dice": v["dice"], "per_class": v["per_class"], "wall_s": v["wall_s"]} for n, v in baselines.items()
-        },
+        "proxy_correlation": proxy_tau,
+        "baselines": {n: nets[n] for n in ("panc", *BASELINES)},
         "baseline_epochs": found["baseline_epochs"],
-        "search_wall_s_mean": statistics.fmean(search_wall),
+        "gmacs": found["gmacs"],
+        "search_wall_s_mean": statistics.fmean(v["search_wall_s"] for v in searched.values()),
     }
+
+    def beats_proxies(tau: Optional[float], stage: str) -> bool:
+        others = [c["kendall_tau"] for c in proxy_tau[stage].values() if c["kendall_tau"] is not None]
+        return tau is not None and all(tau > t for t in others)
+
     above = sum(v["at_or_above_random_q75"] for v in searched.values())
     beats_rs = sum(v["margin_over_random_search"] > noise_floor for v in searched.values())
     figures["targets"] = {
         "fine_kendall_tau_ge_0.5": {"value": fine_tau, "met": fine_tau is not None and fine_tau >= 0.5},
         "coarse_kendall_tau_ge_0.4": {"value": coarse_tau, "met": coarse_tau is not None and coarse_tau >= 0.4},
+        "supernet_tau_above_every_proxy": {
+            "value": f"coarse {beats_proxies(coarse_tau, 'coarse')}, fine {beats_proxies(fine_tau, 'fine')}",
+            "met": beats_proxies(coarse_tau, "coarse") and beats_proxies(fine_tau, "fine"),
+        },
         "searched_at_or_above_random_q75_in_2_of_3": {"value": f"{above} of {len(seeds)}", "met": above >= 2},
         "searched_beats_random_search_by_noise_floor": {"value": f"{beats_rs} of {len(seeds)}", "met": beats_rs >= 2},
         "moonshot_at_least_best_monai": {
@@ -685,7 +810,7 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
-    """``fitness_vs_standalone.png`` and ``searched_vs_random.png``."""
+    """``fitness_vs_standalone.png``, ``searched_vs_random.png`` and ``dice_vs_gmacs.png`` (the Pareto front)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -693,71 +818,78 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
 
     from networks.fileio import atomic_write
 
-    fig_data, train, fitness = report["figures"], report["train"], report["fitness"]
+    f, fitness = report["figures"], report["fitness"]
+    nets, tag = f["networks"], report["settings"].get("tag", "")
+    label = f"stand-alone {f['ruler']} Dice, mean of {f['training_seeds']} training seeds"
     paths = []
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    random_names = sorted(fig_data["random"])
+    random_names = sorted(f["random"])
     for s, scores in fitness["coarse"].items():
         x = [scores[n]["architecture"] for n in random_names]
-        axes[0].scatter(x, [train[n]["dice"] for n in random_names], label=f"coarse supernets, seed {s}", alpha=0.7)
-    tau = fig_data["correlation"]["coarse"]["0"]["architecture"]["kendall_tau"]
-    axes[0].set(
-        title=f"coarse stage: random architectures (tau seed 0: {_fmt(tau)})",
-        xlabel="supernet fitness (validation Dice, inherited weights)",
-        ylabel="stand-alone validation Dice",
-    )
+        y, err = [nets[n]["mean"] for n in random_names], [nets[n]["std"] for n in random_names]
+        axes[0].errorbar(x, y, yerr=err, fmt="o", alpha=0.7, capsize=2, label=f"coarse supernets, seed {s}")
+    tau = f["correlation"]["coarse"]["0"]["architecture"]["kendall_tau"]
+    axes[0].set(title=f"coarse stage: random architectures (tau seed 0: {_fmt(tau)})", ylabel=label)
+    axes[0].set_xlabel("supernet fitness (validation Dice, inherited weights)")
     axes[0].legend(fontsize=8)
-    ops_names = sorted(fig_data["ops"])
-    axes[1].scatter([fitness["fine"][n]["architecture"] for n in ops_names], [train[n]["dice"] for n in ops_names])
-    if "searched_seed0" in fitness["fine"]:
+    ops_names = sorted(f["ops"])
+    x = [fitness["fine"][n]["architecture"] for n in ops_names]
+    axes[1].errorbar(x, [nets[n]["mean"] for n in ops_names], yerr=[nets[n]["std"] for n in ops_names], fmt="o")
+    if "searched0" in fitness["fine"]:
         axes[1].scatter(
-            [fitness["fine"]["searched_seed0"]["architecture"]],
-            [train["searched_seed0"]["dice"]],
+            [fitness["fine"]["searched0"]["architecture"]],
+            [nets["searched0"]["mean"]],
             marker="*",
             s=200,
             color="tab:red",
             label="searched (seed 0)",
         )
         axes[1].legend(fontsize=8)
-    axes[1].set(
-        title=f"fine stage: op assignments (tau: {_fmt(fig_data['correlation']['fine']['0']['kendall_tau'])})",
-        xlabel="supernet fitness (validation Dice, inherited weights)",
-        ylabel="stand-alone validation Dice",
-    )
+    axes[1].set(title=f"fine stage: op assignments (tau: {_fmt(f['correlation']['fine']['0']['kendall_tau'])})")
+    axes[1].set(xlabel="supernet fitness (validation Dice, inherited weights)", ylabel=label)
     fig.tight_layout()
-    tag = report["settings"].get("tag", "")
     paths.append(_save(fig, work_dir / f"fitness_vs_standalone{tag}.png", atomic_write))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rj = random.Random(0)
-    random_dice = list(fig_data["random"].values())
+    random_dice = list(f["random"].values())
     ax.scatter(
         [rj.uniform(-0.15, 0.15) for _ in random_dice], random_dice, color="tab:gray", label="random architectures"
     )
-    ax.axhline(fig_data["random_q75"], color="tab:gray", ls="--", lw=1, label="75th percentile of random")
-    for i, (s, v) in enumerate(fig_data["searched"].items()):
-        ax.scatter([1 + 0.1 * (i - 1)], [v["dice"]], marker="*", s=200, label=f"searched, seed {s}")
+    ax.axhline(f["random_q75"], color="tab:gray", ls="--", lw=1, label="75th percentile of random")
+    for i, (s, v) in enumerate(f["searched"].items()):
+        std = [nets[f"searched{s}"]["std"]]
+        ax.errorbar([1 + 0.1 * (i - 1)], [v["dice"]], yerr=std, fmt="*", ms=12, capsize=3, label=f"searched, seed {s}")
         rs = v["random_search_equal_compute"]
         ax.errorbar([2 + 0.1 * (i - 1)], [rs["dice_mean"]], yerr=[rs["dice_std"]], fmt="o", capsize=4)
-    noise = fig_data["noise"]
-    ax.errorbar(
-        [3],
-        [statistics.fmean(noise["dice"])],
-        yerr=[noise["std"]],
-        fmt="s",
-        capsize=4,
-        color="k",
-        label="searched seed 0, 3 training seeds (std)",
-    )
-    for j, (name, v) in enumerate(fig_data["baselines"].items()):
-        ax.scatter([4 + 0.15 * (j - 1)], [v["dice"]], marker="D", label=name)
-    ax.set_xticks([0, 1, 2, 3, 4], ["random", "searched", "random search\n(equal compute)", "noise", "references"])
-    ax.set_ylabel("stand-alone validation Dice")
-    ax.set_title("searched against random architectures (same training budget)")
+    for j, name in enumerate(f["baselines"]):
+        ax.errorbar([3 + 0.15 * (j - 1)], [nets[name]["mean"]], yerr=[nets[name]["std"]], fmt="D", label=name)
+    ax.set_xticks([0, 1, 2, 3], ["random", "searched\n(seeds)", "random search\n(equal compute)", "references"])
+    ax.set_ylabel(label)
+    ax.set_title(f"searched against random architectures (noise floor {f['noise']['std']:.4f})")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     paths.append(_save(fig, work_dir / f"searched_vs_random{tag}.png", atomic_write))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = list(nets)
+    points = [(f["gmacs"][n], nets[n]["mean"]) for n in names]
+    colours = {"random": "tab:gray", "ops": "tab:olive", "searched": "tab:red"}
+    for name, (cost, dice) in zip(names, points):
+        colour = next((c for k, c in colours.items() if name.startswith(k)), "tab:blue")
+        ax.errorbar(cost, dice, yerr=nets[name]["std"], fmt="o", color=colour, capsize=2)
+        if not name.startswith(("random", "ops")):
+            ax.annotate(name, (cost, dice), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = pareto_front(points)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(xlabel="GMACs per window", ylabel=label, title="Dice against compute (grey: random, olive: op assignments)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(_save(fig, work_dir / f"dice_vs_gmacs{tag}.png", atomic_write))
     plt.close(fig)
     return paths
 
@@ -783,11 +915,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         help="a generated task (benchmarks/tasks.py): tubes (harder), prostate_mr, kidney_ct, brain_mr (real anatomy)",
     )
     parser.add_argument("--profile", type=Path, default=CONFIGS / "cpu_profile.json", help="budget profile")
-    parser.add_argument("--work_dir", type=Path, default=None, help="default: runs/search_quality[_tubes]")
+    parser.add_argument("--work_dir", type=Path, default=None, help="default: runs/search_quality[_<task>]")
+    parser.add_argument(
+        "--records_dir",
+        type=Path,
+        default=None,
+        help="where finished parts are kept and reused (default: benchmarks/results/search_quality/<cpu>/<profile>/"
+        "<task>, committed; at --quick or with --dataset_dir: <work_dir>/parts)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="S: search seeds")
     parser.add_argument("--random", type=int, default=12, help="N: architectures drawn from the whole space")
     parser.add_argument("--ops", type=int, default=6, help="M: op assignments drawn on seed 0's topology")
-    parser.add_argument("--training_seeds", type=int, default=3, help="T: training seeds of the noise floor")
+    parser.add_argument("--training_seeds", type=int, default=3, help="T: training seeds of every network (its mean)")
+    parser.add_argument(
+        "--heldout",
+        type=int,
+        default=None,
+        help="score every training on this many never-seen generated cases, the ruler (default 20; 0 with "
+        "--dataset_dir: no generator, the ruler is the validation Dice)",
+    )
     parser.add_argument("--orders", type=int, default=2000, help="random orders of random search")
     parser.add_argument(
         "--max_epochs", type=int, default=None, help="stand-alone training budget (default: the profile's)"
@@ -797,8 +943,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.random, args.ops, args.training_seeds = 2, 4, 3, 2
-    if args.seeds < 1 or args.random < 2 or args.ops < 2 or args.training_seeds < 2:
-        parser.error("need --seeds >= 1, --random >= 2, --ops >= 2 and --training_seeds >= 2")
+    if args.heldout is None:
+        args.heldout = 0 if args.dataset_dir is not None else 4 if args.quick else 20
+    if args.seeds < 1 or args.random < 2 or args.ops < 2 or args.training_seeds < 2 or args.heldout < 0:
+        parser.error("need --seeds >= 1, --random >= 2, --ops >= 2, --training_seeds >= 2 and --heldout >= 0")
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max_epochs {args.max_epochs}: need at least 1")
     for what, path in (("--profile", args.profile), ("--dataset_dir", args.dataset_dir)):
@@ -806,22 +954,38 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             parser.error(f"{what} {path}: does not exist")
     if args.task != "embedded" and args.dataset_dir is not None:
         parser.error("--task generates its own data; leave out --dataset_dir")
+    if args.heldout and args.dataset_dir is not None:
+        parser.error("--heldout needs a generated task (its generator draws the never-seen cases); not --dataset_dir")
     args.profile = args.profile.resolve()
     default_dir = ROOT / "runs" / ("search_quality" if args.task == "embedded" else f"search_quality_{args.task}")
     work_dir = (args.work_dir or default_dir).resolve()
-    dataset_dir = args.dataset_dir.resolve() if args.dataset_dir is not None else None
-    if args.task != "embedded":
-        dataset_dir = task_dataset(args.task, work_dir / "data" / args.task)
-    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, args.max_epochs)
-    m = bench.machine
-    print(f"# {m['cpu']}, {m['cores']} cores, torch {m['torch']}; profile {args.profile.name}; work_dir {work_dir}")
+    m = machine()
+    if args.records_dir is None:
+        local = args.quick or args.dataset_dir is not None
+        committed = ROOT / "benchmarks" / "results" / "search_quality" / m["slug"] / args.profile.stem / args.task
+        args.records_dir = work_dir / "parts" if local else committed
+    records_dir = args.records_dir.resolve()
+    if args.dataset_dir is not None:
+        dataset_dir, dataset_key = args.dataset_dir.resolve(), str(args.dataset_dir.resolve())
+    else:
+        dataset_dir = None if args.task == "embedded" else task_dataset(args.task, work_dir / "data" / args.task)
+        dataset_key = generator_key(args.task)
+    bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, args.max_epochs, records_dir, dataset_key)
+    if args.heldout:
+        heldout = heldout_dataset(args.task, work_dir / "data", args.heldout)
+        bench.heldout = (heldout, {"cases": args.heldout, "seed": 1})
+    print(
+        f"# {m['cpu']} ({m['cpu_id']}), {m['cores']} cores, torch {m['torch']}; profile {args.profile.name}; "
+        f"task {args.task}; work_dir {work_dir}; records {records_dir}",
+        flush=True,
+    )
     start = time.perf_counter()
-    found: Dict[str, Any] = {"search": {}, "train": {}, "noise_seeds": list(range(1, args.training_seeds))}
+    found: Dict[str, Any] = {"search": {}, "train": {}}
 
     def step(what: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         t = time.perf_counter()
         result = fn()
-        detail = f", Dice {result['dice']:.4f}" if "dice" in result else ""
+        detail = f", Dice {result['dice']:.4f} (ruler {ruler(result):.4f})" if "dice" in result else ""
         print(f"[{time.perf_counter() - start:7.0f} s] {what}: {time.perf_counter() - t:.0f} s{detail}", flush=True)
         return result
 
@@ -829,29 +993,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for s in seeds:
         found["search"][str(s)] = step(f"search seed {s}", lambda: search_part(bench, s))
     archs = sample_architectures(bench, args.random, args.ops, found["search"]["0"]["arch"]["levels"], seed=0)
-    archs.update({f"searched_seed{s}": found["search"][str(s)]["arch"] for s in seeds})
-    archs_plain = {n: {"levels": a["levels"], "ops": a["ops"]} for n, a in archs.items()}
-    found["fitness"] = step("supernet fitness", lambda: fitness_part(bench, seeds, archs_plain))
-    for name, arch in archs_plain.items():
-        found["train"][name] = step(f"train {name}", lambda: train_part(bench, name, arch))
-    for t in found["noise_seeds"]:
-        name = f"searched_seed0_train{t}"
-        found["train"][name] = step(
-            f"train {name}", lambda: train_part(bench, name, archs_plain["searched_seed0"], seed=t)
-        )
-    found["train"]["panc"] = step("train panc", lambda: train_part(bench, "panc", None))
-
+    archs.update({f"searched{s}": found["search"][str(s)]["arch"] for s in seeds})
+    archs = {n: {"levels": a["levels"], "ops": a["ops"]} for n, a in archs.items()}
+    found["fitness"] = step("supernet fitness", lambda: fitness_part(bench, found["search"], archs))
+    found["proxies"] = step("cheap proxies", lambda: proxies_part(bench, archs))
     # MONAI's networks for the wall time of seed 0's searched network: epochs from short real trainings
-    found["baseline_epochs"] = step(
-        "epoch-time calibration", lambda: calibration_part(bench, archs_plain["searched_seed0"])
-    )
+    found["baseline_epochs"] = step("epoch-time calibration", lambda: calibration_part(bench, archs["searched0"]))
+    networks: Dict[str, tuple] = {n: (a, [], {}) for n, a in archs.items()}  # name -> (arch, extra, budget)
+    networks["panc"] = (None, [], {})  # the configs' default architecture
     for name in BASELINES:
-        n, every = found["baseline_epochs"][name]["max_epochs"], found["baseline_epochs"][name]["val_interval"]
-        config = baseline_config(bench, name)
-        found["train"][name] = step(
-            f"train {name} ({n} epochs)",
-            lambda: train_part(bench, name, None, extra=[config], max_epochs=n, val_interval=every),
-        )
+        epochs = found["baseline_epochs"][name]
+        budget = {"max_epochs": epochs["max_epochs"], "val_interval": epochs["val_interval"]}
+        networks[name] = (None, [baseline_config(bench, name)], budget)
+    found["networks"] = list(networks)
+    # every network's first seed, then every network's second... so that a stopped run has ranked all of them once
+    for t in range(args.training_seeds):
+        for name, (arch, extra, budget) in networks.items():
+            found["train"][f"{name}_seed{t}"] = step(
+                f"train {name} seed {t}", lambda: train_part(bench, f"{name}_seed{t}", arch, t, extra, **budget)
+            )
+    found["gmacs"] = {name: window_gmacs(bench, arch, extra) for name, (arch, extra, _) in networks.items()}
 
     report = {
         "format": FORMAT,
@@ -859,16 +1020,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "settings": {
             "profile": str(args.profile),
             "dataset_dir": str(dataset_dir or BUNDLE / "data" / "synthetic"),
+            "dataset_key": dataset_key,
             "task": args.task,
             "seeds": args.seeds,
             "random": args.random,
             "ops": args.ops,
             "training_seeds": args.training_seeds,
+            "heldout": args.heldout,
             "quick": args.quick,
             "max_epochs": args.max_epochs,
             "tag": bench.tag,
         },
-        "architectures": archs_plain,
+        "architectures": archs,
         "search": found["search"],
         "fitness": found["fitness"],
         "train": found["train"],
@@ -879,18 +1042,26 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "this_run": time.perf_counter() - start,
         },
         "reused_parts": bench.reused,
+        "carried_parts": bench.carried,
     }
     report["figures"] = analyse(found, args)
-    report["pictures"] = [str(p) for p in plot(report, work_dir)]
-    atomic_json(work_dir / f"search_quality{bench.tag}.json", report)
+    out_dirs = [work_dir] + ([] if records_dir.is_relative_to(work_dir) else [records_dir])  # committed: there too
+    for out in out_dirs:
+        report["pictures"] = [str(p.relative_to(out)) for p in plot(report, out)]
+        atomic_json(out / f"search_quality{bench.tag}.json", report)
     print_report(report)
     return report
 
 
 def print_report(report: Dict[str, Any]) -> None:
-    """The figures as the Markdown tables of the README's search-quality section."""
+    """The figures as the Markdown tables of the search-quality documentation."""
     f, m = report["figures"], report["machine"]
-    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}; task {report['settings'].get('task')}")
+    nets = f["networks"]
+    print(
+        f"\n{m['cpu']} ({m.get('cpu_id', '?')}), {m['cores']} cores, torch {m['torch']}; task "
+        f"{report['settings'].get('task')}; ruler: {f['ruler']} Dice, mean of {f['training_seeds']} training seeds; "
+        f"noise floor (pooled std over seeds) {f['noise']['std']:.4f}"
+    )
     print(
         "\n| seed | searched architecture (levels; ops) | stand-alone Dice (per class) | percentile among random "
         "| random search at equal compute | search wall time |\n|---|---|---|---|---|---|"
@@ -900,41 +1071,46 @@ def print_report(report: Dict[str, Any]) -> None:
         classes = ", ".join(f"{c} {d:.3f}" for c, d in v["per_class"].items())
         print(
             f"| {s} | `{','.join(map(str, v['arch']['levels']))}`; `{','.join(v['arch']['ops'])}` | "
-            f"**{v['dice']:.4f}** ({classes}) | {v['percentile_among_random']:.0f} | {rs['dice_mean']:.4f} ± "
-            f"{rs['dice_std']:.4f} ({rs['architectures_trained_mean']:.1f} architectures in {rs['budget_s']:.0f} s) "
+            f"**{v['dice']:.4f}** ± {nets[f'searched{s}']['std']:.4f} ({classes}) | "
+            f"{v['percentile_among_random']:.0f} | {rs['dice_mean']:.4f} ± {rs['dice_std']:.4f} "
+            f"({rs['architectures_trained_mean']:.1f} architectures in {rs['budget_s']:.0f} s) "
             f"| {v['search_wall_s']:.0f} s |"
+        )
+    print(
+        "\n| network | each seed | mean ± std | validation mean | GMACs | wall time (mean) |\n|---|---|---|---|---|---|"
+    )
+    for name, v in nets.items():
+        epochs = f["baseline_epochs"].get(name) if name in BASELINES else None
+        note = f" ({epochs['max_epochs']} epochs)" if epochs else ""
+        print(
+            f"| {name}{note} | {', '.join(f'{d:.4f}' for d in v['per_seed'])} | **{v['mean']:.4f}** ± {v['std']:.4f} "
+            f"| {v['validation_mean']:.4f} | {f['gmacs'][name]:.2f} | {v['wall_s_mean']:.0f} s |"
         )
     random_dice = sorted(f["random"].values())
     print(
         f"\nrandom architectures ({len(random_dice)}): mean {f['random_mean']:.4f}, min {random_dice[0]:.4f}, "
-        f"75th percentile {f['random_q75']:.4f}, best {f['random_best']:.4f}; op assignments on seed 0's topology "
-        f"({len(f['ops'])}): {', '.join(f'{d:.4f}' for d in sorted(f['ops'].values()))}"
-    )
-    noise = f["noise"]
-    print(
-        f"noise floor: seed 0's network trained with {len(noise['dice'])} seeds: "
-        f"{', '.join(f'{d:.4f}' for d in noise['dice'])} (std {noise['std']:.4f}, range {noise['range']:.4f})"
+        f"75th percentile {f['random_q75']:.4f}, best {f['random_best']:.4f}"
     )
     spread = f["searched_spread"]
     print(
         f"searched over seeds: mean {spread['mean']:.4f}, std {spread['std']:.4f}, range {spread['min']:.4f}-"
         f"{spread['max']:.4f}, {spread['distinct_architectures']} distinct architectures"
     )
-    print("\n| network | stand-alone Dice (per class) | training + evaluation wall time |\n|---|---|---|")
-    for name, v in f["baselines"].items():
-        epochs = f["baseline_epochs"].get(name)
-        note = f" ({epochs['max_epochs']} epochs, epoch time ×{epochs['epoch_time_ratio']:.2f})" if epochs else ""
-        classes = ", ".join(f"{c} {d:.3f}" for c, d in v["per_class"].items())
-        print(f"| {name}{note} | {v['dice']:.4f} ({classes}) | {v['wall_s']:.0f} s |")
-    print("\n| supernet fitness vs stand-alone Dice | Kendall τ | Spearman ρ | points |\n|---|---|---|---|")
+    print("\n| ranked by (against the stand-alone Dice) | Kendall τ | Spearman ρ | points |\n|---|---|---|---|")
     for s, c in f["correlation"]["coarse"].items():
         for kind, label in (("architecture", "its own ops"), ("topology", "topology fitness")):
             print(
-                f"| coarse, seed {s}, {label} | {_fmt(c[kind]['kendall_tau'])} | {_fmt(c[kind]['spearman_rho'])} "
-                f"| {c[kind]['points']} |"
+                f"| coarse supernets, seed {s}, {label} | {_fmt(c[kind]['kendall_tau'])} | "
+                f"{_fmt(c[kind]['spearman_rho'])} | {c[kind]['points']} |"
             )
     c = f["correlation"]["fine"]["0"]
-    print(f"| fine, seed 0 | {_fmt(c['kendall_tau'])} | {_fmt(c['spearman_rho'])} | {c['points']} |")
+    print(f"| fine supernet, seed 0 | {_fmt(c['kendall_tau'])} | {_fmt(c['spearman_rho'])} | {c['points']} |")
+    for stage, rows in f["proxy_correlation"].items():
+        for proxy, c in rows.items():
+            print(
+                f"| {proxy} ({'random architectures' if stage == 'coarse' else 'op assignments'}) | "
+                f"{_fmt(c['kendall_tau'])} | {_fmt(c['spearman_rho'])} | {c['points']} |"
+            )
     print("\n| target | value | |\n|---|---|---|")
     for name, target in f["targets"].items():
         value = target["value"] if isinstance(target["value"], str) else _fmt(target["value"])

@@ -129,33 +129,6 @@ def dice_by_size(runs: Sequence[Dict[str, Any]], volumes: Dict[str, List[float]]
     return {"seeds": len(scored), "classes": report}
 
 
-def window_gmacs(bench: sq.Bench, arch: Optional[dict], extra: Sequence[Path]) -> float:
-    """Multiply-adds (1e9) of one window (the plan's ``roi_size``, batch 1) of the network ``train.json`` builds for
-    ``arch`` (C2FNAS) or the network override in ``extra``, counted on the meta device."""
-    from networks import DEFAULT_ARCHITECTURE_FILE, Architecture, save_architecture
-    from networks.complexity import count_macs
-
-    folder = bench.work_dir / "cost"
-    arch_file = DEFAULT_ARCHITECTURE_FILE
-    if arch is not None:
-        arch_file = folder / "architecture.json"
-        save_architecture(Architecture(tuple(arch["levels"]), tuple(arch["ops"])), arch_file)
-    parser = sq.parsed(bench.config_files("train", extra), bench.overrides(folder, arch_file=str(arch_file)))
-    roi, channels = parser.get_parsed_content("roi_size"), parser.get_parsed_content("in_channels")
-    return count_macs(parser.get_parsed_content("network_def"), (1, channels, *roi)) / 1e9
-
-
-def pareto_front(points: Sequence[tuple]) -> List[int]:
-    """Indices of the ``(cost, value)`` points no other point beats (lower or equal cost and higher value, or
-    lower cost and equal value), by increasing cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front: List[int] = []
-    for i in order:
-        if not front or points[i][1] > points[front[-1]][1]:
-            front.append(i)
-    return front
-
-
 def _panels(report: Dict[str, Any], path: Path, draw: Callable[[Any, Dict[str, Any]], None], title: str) -> Path:
     """One panel per task, ``draw(axes, rows)`` filling each, saved atomically as a PNG at ``path``."""
     import matplotlib
@@ -186,7 +159,7 @@ def plot_cost(report: Dict[str, Any], path: Path) -> Path:
         for name, (cost, dice) in zip(names, points):
             ax.errorbar(cost, dice, yerr=rows[name]["std_dice"], fmt="o", capsize=3)
             ax.annotate(name, (cost, dice), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        front = pareto_front(points)
+        front = sq.pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
         ax.set_xlabel("GMACs per window")
         ax.set_ylabel("mean Dice over seeds (validation)")
@@ -300,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     f"{json.dumps(result['per_class'])} ({time.perf_counter() - t:.0f} s)",
                     flush=True,
                 )
-            cost = window_gmacs(bench, network["arch"], extra)
+            cost = sq.window_gmacs(bench, network["arch"], extra)
             report["tasks"][task][name] = {"arch": network["arch"], "gmacs": cost, **summarise(runs)}
             if args.heldout:
                 by_size = dice_by_size(runs, heldout_volumes)

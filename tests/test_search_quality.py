@@ -29,17 +29,17 @@ def quick_report(tmp_path_factory):
     return work_dir, json.loads((work_dir / "search_quality.json").read_text()), done.stdout, args
 
 
-@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
+@pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores
 def test_quick_benchmark_reports_every_figure(quick_report):
     work_dir, report, stdout, _ = quick_report
     assert report["format"] == "c2fnas-search-quality/1" and report["machine"]["cores"] >= 1
-    plan = json.loads((work_dir / "runs" / "train_random00" / "plan.json").read_text())
+    plan = json.loads((work_dir / "runs" / "train_random00_seed0" / "plan.json").read_text())
     assert plan["in_channels"] == 2 and plan["class_names"] == ["peripheral zone", "transition zone"]
     settings = report["settings"]
     assert (settings["seeds"], settings["random"], settings["ops"], settings["training_seeds"]) == (2, 4, 3, 2)
-    names = {f"random{i:02d}" for i in range(4)} | {f"ops{i:02d}" for i in range(3)}
-    names |= {"searched_seed0", "searched_seed1", "searched_seed0_train1", "panc", "unet", "segresnet"}
-    assert set(report["train"]) == names
+    networks = {f"random{i:02d}" for i in range(4)} | {f"ops{i:02d}" for i in range(3)}
+    networks |= {"searched0", "searched1", "panc", "unet", "segresnet"}
+    assert set(report["train"]) == {f"{n}_seed{t}" for n in networks for t in (0, 1)}, "every network, every seed"
     for name, result in report["train"].items():
         assert _finite(result["dice"], 0, 1) and _finite(result["wall_s"], 0) and result["wall_s"] > 0, name
     # the op assignments share seed 0's searched topology; the random architectures come from the whole space
@@ -48,8 +48,16 @@ def test_quick_benchmark_reports_every_figure(quick_report):
     assert len({tuple(a["ops"]) for n, a in report["architectures"].items() if n.startswith("ops")}) == 3
 
     figures = report["figures"]
+    assert figures["ruler"] == "validation" and figures["training_seeds"] == 2  # --dataset_dir: no held-out cases
+    for name, net in figures["networks"].items():  # the ruler: the mean over the training seeds
+        seeds = [report["train"][f"{name}_seed{t}"]["dice"] for t in (0, 1)]
+        assert net["per_seed"] == seeds and net["mean"] == pytest.approx(sum(seeds) / 2), name
+        assert _finite(net["std"], 0) and _finite(figures["gmacs"][name], 0) and figures["gmacs"][name] > 0, name
+    stds = [net["std"] for net in figures["networks"].values()]
+    assert figures["noise"]["std"] == pytest.approx(math.sqrt(sum(v * v for v in stds) / len(stds)))
     for s in ("0", "1"):
         searched = figures["searched"][s]
+        assert searched["dice"] == figures["networks"][f"searched{s}"]["mean"]
         assert _finite(searched["percentile_among_random"], 0, 100) and _finite(searched["search_wall_s"], 0)
         random_search = searched["random_search_equal_compute"]
         assert _finite(random_search["dice_mean"], 0, 1) and _finite(random_search["dice_std"], 0)
@@ -60,21 +68,23 @@ def test_quick_benchmark_reports_every_figure(quick_report):
             assert correlation["points"] == 4
     assert _finite(figures["correlation"]["fine"]["0"]["kendall_tau"], -1, 1)
     assert figures["correlation"]["fine"]["0"]["points"] == 3
-    assert _finite(figures["noise"]["std"], 0) and len(figures["noise"]["dice"]) == 2
+    for stage, points in (("coarse", 4), ("fine", 3)):
+        assert set(figures["proxy_correlation"][stage]) == {"parameters", "gmacs", "synflow"}
+        assert all(c["points"] == points for c in figures["proxy_correlation"][stage].values())
     assert _finite(figures["random_q75"], 0, 1) and _finite(figures["searched_spread"]["std"], 0)
     for name in ("panc", "unet", "segresnet"):
-        assert _finite(figures["baselines"][name]["dice"], 0, 1)
+        assert _finite(figures["baselines"][name]["mean"], 0, 1)
     for name in ("unet", "segresnet"):
         epochs = figures["baseline_epochs"][name]
         assert _finite(epochs["epoch_time_ratio"], 0) and epochs["max_epochs"] % epochs["val_interval"] == 0
-    assert len(figures["targets"]) == 5 and all(isinstance(t["met"], bool) for t in figures["targets"].values())
+    assert len(figures["targets"]) == 6 and all(isinstance(t["met"], bool) for t in figures["targets"].values())
     assert all(_finite(report["wall_s"][k], 0) for k in ("search", "fitness", "train", "this_run"))
-    for picture in ("fitness_vs_standalone.png", "searched_vs_random.png"):
+    for picture in ("fitness_vs_standalone.png", "searched_vs_random.png", "dice_vs_gmacs.png"):
         assert (work_dir / picture).read_bytes()[:8] == PNG_MAGIC
-    assert "| fine_kendall_tau_ge_0.5 |" in stdout and "| random search at equal compute |" in stdout
+    assert "| fine_kendall_tau_ge_0.5 |" in stdout and "| synflow (random architectures) |" in stdout
 
 
-@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
+@pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores
 def test_quick_benchmark_run_again_reuses_every_part(quick_report):
     """Finished parts are kept with their inputs: the same command again trains and searches nothing."""
     work_dir, report, _, args = quick_report
@@ -82,11 +92,11 @@ def test_quick_benchmark_run_again_reuses_every_part(quick_report):
     assert done.returncode == 0, done.stderr[-3000:]
     again = json.loads((work_dir / "search_quality.json").read_text())
     parts = {p.stem for p in (work_dir / "parts").glob("*.json")}
-    assert set(again["reused_parts"]) == parts and len(parts) == 2 + 1 + 1 + len(report["train"])
+    assert set(again["reused_parts"]) == parts and len(parts) == 2 + 1 + 1 + 1 + len(report["train"])
     assert again["figures"] == report["figures"]
 
 
-@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
+@pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores
 def test_fitness_variants_rescore_the_search_fitness(quick_report):
     """benchmarks/fitness_variants.py scores the architectures again with the kept supernets: its ``dice`` variant is
     the search's own fitness, so it gives back the benchmark's fitness and Kendall tau; every variant is finite."""
@@ -104,7 +114,7 @@ def test_fitness_variants_rescore_the_search_fitness(quick_report):
     assert "| soft_dice |" in done.stdout
 
 
-@pytest.mark.slow  # the quick benchmark trains 16 networks: about 8 min on 2 cores
+@pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores
 def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report):
     """--max_epochs N: the searches and the supernet scoring are reused, every network is trained again for N epochs
     (parts and report tagged _eN), and the profile-budget report is left alone."""
@@ -113,10 +123,10 @@ def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report)
     done = launch([*args, "--max_epochs", "3"], ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     other = json.loads((work_dir / "search_quality_e3.json").read_text())
-    assert set(other["reused_parts"]) == {"search_seed0", "search_seed1", "fitness"}
+    assert set(other["reused_parts"]) == {"search_seed0", "search_seed1", "fitness", "proxies"}
     assert other["settings"]["max_epochs"] == 3 and set(other["train"]) == set(report["train"])
     assert other["figures"]["baseline_epochs"]["searched"]["max_epochs"] == 3
-    log = (work_dir / "runs" / "train_random00_e3" / "train.log").read_text()
+    log = (work_dir / "runs" / "train_random00_seed0_e3" / "train.log").read_text()
     assert "Epoch[3] Complete" in log and "Epoch[4]" not in log
     assert (work_dir / "search_quality.json").read_text() == before
     assert (work_dir / "searched_vs_random_e3.png").read_bytes()[:8] == PNG_MAGIC
