@@ -55,9 +55,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the generated tasks come as benchmarks.tasks, as in the tests
     sys.path.insert(0, str(ROOT))
+from benchmarks.tasks import heldout_dataset  # noqa: E402
 from benchmarks.tasks import TASKS, bundle_importable  # noqa: E402
 from benchmarks.tasks import dataset as task_dataset  # noqa: E402
-from benchmarks.tasks import heldout_dataset  # noqa: E402
 
 BUNDLE = ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"
