@@ -176,6 +176,11 @@ class Bench:
         depends on ``dataset_key`` (default: the dataset's path), so records of a generated dataset, keyed by what
         generates it, hold on another checkout or machine of the same kind."""
         self.work_dir, self.dataset_dir, self.profile, self.reuse = work_dir, dataset_dir, profile, reuse
+        # config files merged after the profile that change only the search (``--search_layers``), and the name of
+        # that search variant: the parts that depend on the search's result carry it ("@<variant>"), the others
+        # (random architectures, C2FNAS-Panc) are shared by every variant
+        self.search_layers: List[Path] = []
+        self.variant = ""
         self.records_dir = records_dir or work_dir / "parts"
         self.dataset_key = str(dataset_dir) if dataset_key is None else dataset_key
         # the stand-alone training budget: the profile's, or max_epochs (its trainings, report and pictures then
@@ -191,7 +196,7 @@ class Bench:
 
     def config_files(self, stage: str, extra: Sequence[Path] = ()) -> List[str]:
         """The configs stage ``stage`` of the bundle's chain merges, with the profile and ``extra`` last."""
-        return stage_chain().config_files(stage, BUNDLE, [self.profile, *extra])
+        return stage_chain().config_files(stage, BUNDLE, [self.profile, *self.search_layers, *extra])
 
     def overrides(self, output_dir: Path, **more: Any) -> Dict[str, Any]:
         found = {"bundle_root": str(BUNDLE), "output_dir": str(output_dir)}
@@ -204,7 +209,7 @@ class Bench:
         from the bundle folder; returns its wall time. Its output goes to ``log``; a failure raises naming the log
         and its last line. The time spent so far is kept beside the log every few seconds, so a resumed search
         (killed, then run again) counts all of it."""
-        argv = stage_chain().command(stage, BUNDLE, [self.profile, *extra], overrides)
+        argv = stage_chain().command(stage, BUNDLE, [self.profile, *self.search_layers, *extra], overrides)
         argv += ["--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf")]
         log.parent.mkdir(parents=True, exist_ok=True)
         elapsed_file = log.with_suffix(".elapsed")
@@ -242,6 +247,7 @@ class Bench:
         resumable: bool = False,
         group: Optional[str] = None,
         force: bool = False,
+        same: Optional[Callable[[Dict[str, Any], Dict[str, Any]], bool]] = None,
     ):
         """The result of part ``name``: reused from ``parts/<name>.json`` when its ``inputs`` are unchanged, else
         ``run(folder)``. A part that did not finish restarts in an empty folder, unless it is ``resumable`` (a
@@ -252,7 +258,8 @@ class Bench:
         that need not change what a training computes, such as a report added to the evaluation) are kept when the
         first of them, run again, reproduces its record exactly (every Dice to 1e-6): the change did not change what
         that training computes. The others are then re-keyed without running, each noting the reproduction
-        (``carried_over``). If the reproduction differs, every part of the group runs again. ``force`` runs the
+        (``carried_over``). If the reproduction differs, every part of the group runs again. ``same(old, new)``
+        decides what reproduces (default: every Dice, ``_same_dice``; a search: ``_same_search``). ``force`` runs the
         part even where its record holds (to remake its run folder: a search's supernets)."""
         inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
         key = self.key(inputs)
@@ -280,9 +287,9 @@ class Bench:
         result = run(folder)
         record = {"key": key, "inputs": inputs, "result": result}
         if stale is not None and group not in self.reproduced:
-            same = _same_dice(stale["result"], result)
-            self.reproduced[group] = name if same else None
-            record["reproduces_previous_record"] = same
+            reproduced = (same or _same_dice)(stale["result"], result)
+            self.reproduced[group] = name if reproduced else None
+            record["reproduces_previous_record"] = reproduced
         atomic_json(record_file, record)
         return result
 
@@ -315,6 +322,21 @@ def _same_dice(old: Dict[str, Any], new: Dict[str, Any], tolerance: float = 1e-6
     return set(old.get("per_class", {})) == set(new.get("per_class", {})) and all(
         (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tolerance) for a, b in pairs
     )
+
+
+def _same_search(old: Dict[str, Any], new: Dict[str, Any], tolerance: float = 1e-6) -> bool:
+    """Whether two searches found the same architecture with the same fitness in both stages (to ``tolerance``)."""
+
+    def found(result: Dict[str, Any]) -> tuple:
+        arch = result["arch"]
+        fine, coarse = arch.get("provenance", {}), arch.get("provenance", {}).get("topology_provenance", {})
+        return tuple(arch["levels"]), tuple(arch["ops"]), fine.get("fitness"), coarse.get("fitness")
+
+    (*a, fine_a, coarse_a), (*b, fine_b, coarse_b) = found(old), found(new)
+    close = all(
+        x is not None and y is not None and abs(x - y) <= tolerance for x, y in ((fine_a, fine_b), (coarse_a, coarse_b))
+    )
+    return a == b and close
 
 
 def config_inputs(files: Sequence[Path], drop_search: bool = False) -> Dict[str, Any]:
@@ -355,8 +377,10 @@ def parsed(files: Sequence[Path], overrides: Dict[str, Any]):
 
 
 def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
-    """Coarse and fine search with ``seed``, keeping their supernets (in ``work_dir/runs/search_seed<seed>``);
-    ``force``: run it even where its record holds, to remake the supernets the record does not keep."""
+    """Coarse and fine search with ``seed``, keeping their supernets (in ``work_dir/runs/search[@variant]_seed<seed>``);
+    ``force``: run it even where its record holds, to remake the supernets the record does not keep. Over a change to
+    the code or configs, seed 0 runs again and the other seeds' records are kept if it finds the same architecture
+    with the same fitness (``Bench.part``)."""
     coarse, fine = bench.config_files("search_coarse"), bench.config_files("search_fine")
 
     def run(folder: Path) -> Dict[str, Any]:
@@ -368,7 +392,8 @@ def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
         return {"seed": seed, "arch": arch, "wall_s": {"coarse": wall_coarse, "fine": wall_fine}}
 
     inputs = {"configs": [config_inputs(coarse), config_inputs(fine)], "seed": seed, "code": code_digest(SEARCH_CODE)}
-    return bench.part(f"search_seed{seed}", inputs, run, resumable=True, force=force)
+    name = f"search{bench.variant}_seed{seed}"
+    return bench.part(name, inputs, run, resumable=True, force=force, group=f"search{bench.variant}", same=_same_search)
 
 
 def train_part(
@@ -465,7 +490,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
     def run(folder: Path) -> Dict[str, Any]:
         start, found = time.perf_counter(), {"coarse": {}, "fine": {}}
         for seed in seeds:
-            overrides = bench.overrides(bench.work_dir / "runs" / f"search_seed{seed}", seed=seed)
+            overrides = bench.overrides(bench.work_dir / "runs" / f"search{bench.variant}_seed{seed}", seed=seed)
             coarse = parsed(bench.config_files("search_coarse"), overrides)
             searcher = coarse.get_parsed_content("searcher")
             found["coarse"][str(seed)] = {
@@ -485,10 +510,12 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
         return found
 
     inputs = {"archs": archs, "seeds": seeds, "code": code_digest(SEARCH_CODE)}
-    inputs["searches"] = [json.loads((bench.records_dir / f"search_seed{s}.json").read_text())["key"] for s in seeds]
-    if not bench.recorded("fitness", inputs):
+    inputs["searches"] = [
+        json.loads((bench.records_dir / f"search{bench.variant}_seed{s}.json").read_text())["key"] for s in seeds
+    ]
+    if not bench.recorded(f"fitness{bench.variant}", inputs):
         for seed in seeds:
-            folder = bench.work_dir / "runs" / f"search_seed{seed}"
+            folder = bench.work_dir / "runs" / f"search{bench.variant}_seed{seed}"
             if not (folder / "supernets").is_dir():
                 again = search_part(bench, seed, force=True)
                 if again["arch"] != searches[str(seed)]["arch"]:
@@ -496,7 +523,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
                         f"search seed {seed} run again to remake its supernets found {again['arch']}, not its "
                         f"record's {searches[str(seed)]['arch']} (another CPU kind?): run with --no_reuse"
                     )
-    return bench.part("fitness", inputs, run)
+    return bench.part(f"fitness{bench.variant}", inputs, run)
 
 
 CALIBRATION_EPOCHS, CALIBRATION_INTERVAL = 6, 3  # epochs 2, 4 and 5 are training alone; 3 and 6 also validate
@@ -573,7 +600,7 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
     inputs = {"configs": configs, "arch": searched, "baselines": BASELINES, "code": code_digest(TRAIN_CODE)}
     inputs["method"] = f"short real trainings, {CALIBRATION_EPOCHS} epochs"
     inputs["max_epochs"] = bench.max_epochs
-    return bench.part(f"calibration{bench.tag}", inputs, run)
+    return bench.part(f"calibration{bench.variant}{bench.tag}", inputs, run)
 
 
 # ---------------------------------------------------------------------------------------------------- cost, proxies
@@ -623,7 +650,7 @@ def proxies_part(bench: Bench, archs: Dict[str, dict]) -> Dict[str, Any]:
         return {"shape": shape, "proxies": found}
 
     inputs = {"archs": archs, "shape": shape, "code": code_digest(["networks", "benchmarks/proxies.py"])}
-    return bench.part("proxies", inputs, run)
+    return bench.part(f"proxies{bench.variant}", inputs, run)
 
 
 # ---------------------------------------------------------------------------------------------------- analysis
@@ -923,6 +950,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         help="where finished parts are kept and reused (default: benchmarks/results/search_quality/<cpu>/<profile>/"
         "<task>, committed; at --quick or with --dataset_dir: <work_dir>/parts)",
     )
+    parser.add_argument(
+        "--search_layers",
+        default="",
+        help="comma-separated config files merged after the profile that change only the search (a search variant, "
+        "e.g. benchmarks/recipes/finalists.json): its parts are named after it, the random architectures are shared",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="S: search seeds")
     parser.add_argument("--random", type=int, default=12, help="N: architectures drawn from the whole space")
     parser.add_argument("--ops", type=int, default=6, help="M: op assignments drawn on seed 0's topology")
@@ -971,6 +1004,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         dataset_dir = None if args.task == "embedded" else task_dataset(args.task, work_dir / "data" / args.task)
         dataset_key = generator_key(args.task)
     bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, args.max_epochs, records_dir, dataset_key)
+    layers = [Path(f.strip()).resolve() for f in args.search_layers.split(",") if f.strip()]
+    missing = [str(f) for f in layers if not f.is_file()]
+    if missing:
+        parser.error(f"--search_layers: {', '.join(missing)} do not exist")
+    if layers:
+        before = [config_inputs(bench.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
+        bench.search_layers, bench.variant = layers, "@" + "+".join(f.stem for f in layers)
+        after = [config_inputs(bench.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
+        if before != after:
+            parser.error(
+                f"--search_layers {args.search_layers}: changes the training, not only the search; use --profile"
+            )
     if args.heldout:
         heldout = heldout_dataset(args.task, work_dir / "data", args.heldout)
         bench.heldout = (heldout, {"cases": args.heldout, "seed": 1})
@@ -1007,10 +1052,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         networks[name] = (None, [baseline_config(bench, name)], budget)
     found["networks"] = list(networks)
     # every network's first seed, then every network's second... so that a stopped run has ranked all of them once
+    shared = [n for n in networks if n.startswith("random") or n == "panc"]  # the same in every search variant
     for t in range(args.training_seeds):
         for name, (arch, extra, budget) in networks.items():
+            part = f"{name}{'' if name in shared else bench.variant}_seed{t}"
             found["train"][f"{name}_seed{t}"] = step(
-                f"train {name} seed {t}", lambda: train_part(bench, f"{name}_seed{t}", arch, t, extra, **budget)
+                f"train {part}", lambda: train_part(bench, part, arch, t, extra, **budget)
             )
     found["gmacs"] = {name: window_gmacs(bench, arch, extra) for name, (arch, extra, _) in networks.items()}
 
@@ -1029,7 +1076,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "heldout": args.heldout,
             "quick": args.quick,
             "max_epochs": args.max_epochs,
-            "tag": bench.tag,
+            "search_layers": [str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f) for f in layers],
+            "variant": bench.variant,
+            "tag": bench.variant + bench.tag,
         },
         "architectures": archs,
         "search": found["search"],
@@ -1048,7 +1097,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     out_dirs = [work_dir] + ([] if records_dir.is_relative_to(work_dir) else [records_dir])  # committed: there too
     for out in out_dirs:
         report["pictures"] = [str(p.relative_to(out)) for p in plot(report, out)]
-        atomic_json(out / f"search_quality{bench.tag}.json", report)
+        atomic_json(out / f"search_quality{bench.variant}{bench.tag}.json", report)
     print_report(report)
     return report
 

@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from networks import Architecture, C2FNASSupernet
 from networks.c2fnas import ArchLike, as_architecture
 from search.settings import SearchSettings, SearchSettingsError, check_setting
+from search.evolution import AgingEvolution
 from search.space import SearchSpace, random_ops, rng
 from search.stage import SearchStage
 
@@ -21,6 +22,11 @@ class CoarseSearch(SearchStage):
     Dice of ``score_samples`` sampled members. Aging evolution then searches the best cluster, the fitness of a
     topology being its Dice averaged over ``op_samples`` op assignments. Writes the best topology (no ops).
 
+    With ``finalists`` F > 0 the search does not bet on one cluster: the evolution runs in every cluster on that
+    cluster's supernet, the F fittest distinct topologies of each become finalists, and one fresh supernet trained
+    on all finalists together (``finalist_iterations``) rates them again on one shared yardstick; the best there is
+    the result. This removes the comparison across supernets that differ in training luck.
+
     With a compute budget (``max_gmacs``), a cluster holds only the topologies whose cheapest op assignment fits
     it (a cluster left empty is not trained), and every op assignment drawn fits it too.
 
@@ -29,6 +35,8 @@ class CoarseSearch(SearchStage):
         num_cells, min_depth, max_depth, num_clusters: the search space (``SearchSpace``).
         cluster_iterations: supernet training iterations per cluster.
         score_samples: sampled members per cluster score; op_samples: op assignments per topology fitness.
+        finalists: topologies per cluster rated again on a shared supernet (0: evolve in the best cluster only).
+        finalist_iterations: training iterations of the finalists' supernet (0: ``cluster_iterations``).
     """
 
     name = "coarse"
@@ -48,6 +56,8 @@ class CoarseSearch(SearchStage):
         cluster_iterations: int = 2000,
         score_samples: int = 8,
         op_samples: int = 3,
+        finalists: int = 0,
+        finalist_iterations: int = 0,
     ):
         super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
         num_cells = check_setting("num_cells", num_cells, int, minimum=2)
@@ -59,16 +69,21 @@ class CoarseSearch(SearchStage):
         self.cluster_iterations = check_setting("cluster_iterations", cluster_iterations, int, minimum=0)
         self.score_samples = check_setting("score_samples", score_samples, int, minimum=1)
         self.op_samples = check_setting("op_samples", op_samples, int, minimum=1)
+        self.finalists = check_setting("finalists", finalists, int, minimum=0)
+        self.finalist_iterations = check_setting("finalist_iterations", finalist_iterations, int, minimum=0)
         self.space = SearchSpace(
             num_cells, min_depth=min_depth, max_depth=max_depth, num_clusters=num_clusters, seed=settings.seed
         )
 
     def fingerprint(self) -> Dict[str, Any]:
-        return {
+        found = {
             **super().fingerprint(),
             "space": self.space.options(),
             "coarse": [self.cluster_iterations, self.score_samples, self.op_samples],
         }
+        if self.finalists:  # named only when on, so the states of searches without finalists stay as they were
+            found["finalists"] = [self.finalists, self.finalist_iterations or self.cluster_iterations]
+        return found
 
     def op_sample(self, topology: Sequence[int], j: int) -> Tuple[str, ...]:
         """The ``j``-th op assignment of ``topology`` (seeded; within the budget when there is one)."""
@@ -106,8 +121,17 @@ class CoarseSearch(SearchStage):
             "topology": self.topology_fitness(supernet, arch.levels),
         }
 
+    def evolution_in(self, k: int, supernet: C2FNASSupernet) -> AgingEvolution:
+        """Aging evolution over the topologies of cluster ``k`` rated by ``supernet`` (``topology_fitness``)."""
+        members = self.members(k)
+        return self.new_evolution(
+            random_candidate=lambda r: r.choice(members),
+            mutate=lambda r, parent: self.space.mutate_topology(r, tuple(parent), members),
+            fitness=lambda topology: self.topology_fitness(supernet, topology, f"c{k}"),
+        )
+
     def run(self) -> Architecture:
-        finished = self.begin(cluster=0, clusters=[], best_cluster=-1)
+        finished = self.begin(cluster=0, clusters=[], best_cluster=-1, evolutions=[])
         if finished is not None:
             return finished
         tensors = self.state.tensors  # "best_supernet": weights of the best cluster so far; "supernet"...: in training
@@ -121,7 +145,7 @@ class CoarseSearch(SearchStage):
                 self.state.save()
                 continue
             supernet = self.build_supernet(members, "cluster", k)
-            if tensors.get("supernet") is not None:  # resuming inside this cluster's training
+            if tensors.get("supernet") is not None:  # resuming inside this cluster's training or evolution
                 supernet.load_state_dict(tensors["supernet"])
             self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
             self.keep_supernet(supernet, f"cluster{k}")
@@ -130,39 +154,84 @@ class CoarseSearch(SearchStage):
                 topology = rng(self.settings.seed, "score", k, j).choice(members)
                 samples.append(self.fitness(supernet, Architecture(topology, self.op_sample(topology, j)), f"c{k}"))
             score = sum(samples) / len(samples)
-            self.progress["clusters"].append({"cluster": k, "size": len(members), "score": score, "samples": samples})
-            self.writer.add_scalar("coarse/cluster_score", score, k)
-            self.logger.info(f"cluster {k} ({len(members)} topologies): score {score:.4f}")
-            best_k = self.progress["best_cluster"]
-            best_weights = tensors.get("best_supernet")
-            if best_k < 0 or score > self.progress["clusters"][best_k]["score"]:
-                self.progress["best_cluster"] = k
-                best_weights = {n: t.detach().clone() for n, t in supernet.state_dict().items()}
-            tensors.clear()
-            tensors["best_supernet"] = best_weights
+            if len(self.progress["clusters"]) == k:  # not yet recorded (a resumed evolution has)
+                record = {"cluster": k, "size": len(members), "score": score, "samples": samples}
+                self.progress["clusters"].append(record)
+                self.writer.add_scalar("coarse/cluster_score", score, k)
+                self.logger.info(f"cluster {k} ({len(members)} topologies): score {score:.4f}")
+            if self.finalists:
+                evolution = self.evolution_in(k, supernet)
+                self.evolve(evolution)
+                ranked = sorted(evolution.history, key=lambda h: (-h["fitness"], h["index"]))
+                chosen: List[Dict[str, Any]] = []
+                for h in ranked:
+                    if len(chosen) < self.finalists and all(c["levels"] != h["candidate"] for c in chosen):
+                        chosen.append({"levels": h["candidate"], "fitness": h["fitness"]})
+                self.progress["clusters"][k]["finalists"] = chosen
+                self.progress["evolutions"].append(evolution.history)
+                self.progress["evolution"] = None  # the next cluster's evolution starts afresh
+                tensors.clear()
+            else:
+                best_k = self.progress["best_cluster"]
+                best_weights = tensors.get("best_supernet")
+                if best_k < 0 or score > self.progress["clusters"][best_k]["score"]:
+                    self.progress["best_cluster"] = k
+                    best_weights = {n: t.detach().clone() for n, t in supernet.state_dict().items()}
+                tensors.clear()
+                tensors["best_supernet"] = best_weights
             self.progress.update({"cluster": k + 1, "iteration": 0})
             self.state.save()
+        return self.final_round() if self.finalists else self.best_cluster_round()
 
+    def best_cluster_round(self) -> Architecture:
+        """The paper's way: aging evolution in the best-scoring cluster, on its supernet."""
         k = self.progress["best_cluster"]
         members = self.members(k)
         supernet = self.build_supernet(members, "cluster", k)
-        supernet.load_state_dict(tensors["best_supernet"])
-        evolution = self.new_evolution(
-            random_candidate=lambda r: r.choice(members),
-            mutate=lambda r, parent: self.space.mutate_topology(r, tuple(parent), members),
-            fitness=lambda topology: self.topology_fitness(supernet, topology, f"c{k}"),
-        )
+        supernet.load_state_dict(self.state.tensors["best_supernet"])
+        evolution = self.evolution_in(k, supernet)
         best = self.evolve(evolution)
+        return self.result(best["candidate"], best["fitness"], k, evolution.history)
+
+    def final_round(self) -> Architecture:
+        """Every cluster's finalists trained together on one fresh supernet and rated again on it; the best wins."""
+        finalists: List[Tuple[int, ...]] = []
+        for c in self.progress["clusters"]:
+            for f in c.get("finalists", []):
+                if tuple(f["levels"]) not in finalists:
+                    finalists.append(tuple(f["levels"]))
+        supernet = self.build_supernet(finalists, "finalists")
+        if self.state.tensors.get("supernet") is not None:  # resuming inside its training
+            supernet.load_state_dict(self.state.tensors["supernet"])
+        self.train_supernet("finalists", supernet, finalists, self.finalist_iterations or self.cluster_iterations)
+        self.keep_supernet(supernet, "finalists")
+        rated = [self.topology_fitness(supernet, t, "finalists") for t in finalists]
+        best = max(range(len(finalists)), key=lambda i: (rated[i], -i))
+        table = []
+        for t, fitness in zip(finalists, rated):
+            k = self.space.cluster_of(t)
+            own = next(f["fitness"] for f in self.progress["clusters"][k]["finalists"] if tuple(f["levels"]) == t)
+            table.append({"levels": list(t), "cluster": k, "cluster_fitness": own, "fitness": fitness})
+            self.logger.info(f"finalist {list(t)} (cluster {k}, {own:.4f} there): {fitness:.4f} on the shared supernet")
+        history = [h for run in self.progress["evolutions"] for h in run]
+        k = self.space.cluster_of(finalists[best])
+        return self.result(finalists[best], rated[best], k, history, finalists=table)
+
+    def result(
+        self, topology: Sequence[int], fitness: float, k: int, evolution: List[Dict[str, Any]], **more: Any
+    ) -> Architecture:
+        """Write the result ``topology`` (of cluster ``k``, rated ``fitness``), the history and the pictures."""
         arch = Architecture(
-            tuple(best["candidate"]),
+            tuple(topology),
             None,
             self.provenance(
-                fitness=best["fitness"],
+                fitness=fitness,
                 search_space=self.space.options(),
                 cluster=k,
                 cluster_score=self.progress["clusters"][k]["score"],
                 cluster_iterations=self.cluster_iterations,
                 evaluations=len(self.progress["evaluations"]),
+                **({"finalists": len(more["finalists"])} if "finalists" in more else {}),
             ),
         )
         groups = {str(c["cluster"]): c["samples"] for c in self.progress["clusters"] if c["samples"]}
@@ -171,6 +240,7 @@ class CoarseSearch(SearchStage):
             "clusters": self.progress["clusters"],
             "best_cluster": k,
             "cluster_members": [list(map(list, c)) for c in self.space.clusters],
-            "evolution": evolution.history,
+            "evolution": evolution,
+            **more,
         }
         return self.finish(arch, history, groups)

@@ -292,13 +292,15 @@ def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **ove
 
 
 if __name__ == "__main__":  # python helpers.py STAGE OUTPUT_DIR [TOPOLOGY_FILE]: one small search, as a subprocess
+    # (STAGE coarse_finalists: the coarse stage with 2 finalists per cluster)
     import torch  # under torchrun each rank also writes the architecture it ends with to rank<R>.json
 
     torch.set_num_threads(1)
     distributed = "RANK" in os.environ
     if distributed:
         torch.distributed.init_process_group("gloo")
-    arch = small_stage(sys.argv[1], sys.argv[2], topology=sys.argv[3] if len(sys.argv) > 3 else None).run()
+    stage, more = (sys.argv[1], {}) if sys.argv[1] != "coarse_finalists" else ("coarse", {"finalists": 2})
+    arch = small_stage(stage, sys.argv[2], topology=sys.argv[3] if len(sys.argv) > 3 else None, **more).run()
     if distributed:
         Path(sys.argv[2], f"rank{os.environ['RANK']}.json").write_text(json.dumps(arch.to_dict()))
         torch.distributed.destroy_process_group()

@@ -261,7 +261,8 @@ def _run(stage, out, kill_when=None, topology=None):
     """Run helpers.py as a real subprocess; with ``kill_when(state)`` SIGKILL it once the saved state satisfies it."""
     process = launch([TESTS / "helpers.py", stage, out] + ([topology] if topology else []), TESTS, wait=False)
     progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
-    return run_or_kill(process, Path(out) / f"search_{stage}_state.pt", progress_when, timeout=300)
+    state = Path(out) / f"search_{stage.split('_')[0]}_state.pt"  # coarse_finalists: the coarse stage's
+    return run_or_kill(process, state, progress_when, timeout=300)
 
 
 def test_coarse_search_resumes_after_sigkill(tmp_path):
@@ -277,6 +278,48 @@ def test_coarse_search_resumes_after_sigkill(tmp_path):
     assert resumed["evolution"] == expected["evolution"]
     assert resumed["clusters"] == expected["clusters"]
     assert not list(killed.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_coarse_finalists_are_rated_again_on_one_shared_supernet(tmp_path):
+    """With ``finalists``, the evolution runs in every cluster on its own supernet, the fittest distinct topologies of
+    each are trained together on one fresh supernet and rated again there, and the best there is the result."""
+    topology = small_stage("coarse", tmp_path, finalists=2, keep_supernets=True).run()
+    history = json.loads((tmp_path / "search_coarse_history.json").read_text())
+    table = history["finalists"]
+    clusters = [c["cluster"] for c in history["clusters"] if c["size"]]
+    assert sorted({row["cluster"] for row in table}) == clusters, "every trained cluster sends finalists"
+    for k in clusters:
+        rows = [row for row in table if row["cluster"] == k]
+        members = {tuple(t) for t in history["cluster_members"][k]}
+        evolved = {
+            tuple(h["candidate"]): h["fitness"] for h in history["evolution"] if tuple(h["candidate"]) in members
+        }
+        assert evolved, f"cluster {k} was evolved on its own supernet"
+        assert 1 <= len(rows) <= 2 and all(evolved[tuple(r["levels"])] == r["cluster_fitness"] for r in rows)
+        top = sorted(evolved.values(), reverse=True)[: len(rows)]  # the fittest distinct topologies of the cluster
+        assert sorted((r["cluster_fitness"] for r in rows), reverse=True) == top
+    best = max(table, key=lambda r: r["fitness"])
+    assert list(topology.levels) == best["levels"] and topology.provenance["fitness"] == best["fitness"]
+    assert topology.provenance["finalists"] == len(table) and topology.provenance["cluster"] == best["cluster"]
+    rescored = small_stage("coarse", tmp_path, finalists=2, keep_supernets=True)  # a fresh object: from the file
+    shared = rescored.kept_supernet("finalists")
+    assert sorted(map(list, shared.topologies)) == sorted(r["levels"] for r in table)
+    assert rescored.topology_fitness(shared, best["levels"]) == pytest.approx(best["fitness"], abs=1e-6)
+
+
+def test_coarse_search_with_finalists_resumes_after_sigkill(tmp_path):
+    """Killed in a cluster's evolution and in the finalists' training, the search ends as an uninterrupted one."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert _run("coarse_finalists", reference)
+    in_evolution = lambda p: p["cluster"] == 1 and p.get("evolution") and len(p["evolution"]["history"]) >= 2  # noqa
+    assert not _run("coarse_finalists", killed, kill_when=in_evolution)
+    assert not _run("coarse_finalists", killed, kill_when=lambda p: p["cluster"] == 3 and p["iteration"] >= 5)
+    assert _run("coarse_finalists", killed)
+    expected = json.loads((reference / "search_coarse_history.json").read_text())
+    resumed = json.loads((killed / "search_coarse_history.json").read_text())
+    assert load_architecture(killed / "arch_coarse.json") == load_architecture(reference / "arch_coarse.json")
+    assert resumed["finalists"] == expected["finalists"] and resumed["evolution"] == expected["evolution"]
+    assert resumed["clusters"] == expected["clusters"]
 
 
 def test_fine_search_resumes_after_sigkill(tmp_path):

@@ -233,3 +233,52 @@ def test_code_digest_counts_what_the_code_computes(tmp_path):
     )
     assert digest('"""Doc."""\n\n\ndef f(x):\n    return 3 * x\n', '{"a": 1, "b": [1, 2]}') != base
     assert digest('"""Doc."""\n\n\ndef f(x):\n    return 2 * x\n', '{"a": 1, "b": [2, 1]}') != base
+
+
+def test_search_records_carry_over_when_seed_0_finds_the_same(tmp_path):
+    """A change to the search code re-runs seed 0's search; only if it finds the same architecture with the same
+    fitness in both stages are the other seeds' search records kept."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    def found(levels, fitness):
+        coarse = {"fitness": fitness - 0.1}
+        return {
+            "arch": {
+                "levels": levels,
+                "ops": ["2D"] * 3,
+                "provenance": {"fitness": fitness, "topology_provenance": coarse},
+            }
+        }
+
+    same = benchmark._same_search
+    assert same(found([1, 2, 1], 0.5), found([1, 2, 1], 0.5 + 1e-9))
+    assert not same(found([1, 2, 1], 0.5), found([1, 1, 1], 0.5)) and not same(
+        found([1, 2, 1], 0.5), found([1, 2, 1], 0.6)
+    )
+    ran = []
+
+    def searches(code, seed0):
+        bench = benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records")
+        for seed in range(3):
+            result = found([1, 2, 1], seed0 if seed == 0 else 0.4)
+            run = lambda folder, result=result, seed=seed: ran.append((code, seed)) or result  # noqa: E731
+            inputs = {"code": code, "configs": {}, "seed": seed}
+            bench.part(f"search_seed{seed}", inputs, run, group="search", same=benchmark._same_search)
+        return bench
+
+    searches("old", 0.5)
+    assert searches("new", 0.5).carried == ["search_seed1", "search_seed2"] and ran[3:] == [("new", 0)]
+    searches("newer", 0.7)
+    assert ran[4:] == [("newer", 0), ("newer", 1), ("newer", 2)], "seed 0 found another fitness: every seed runs"
+
+
+def test_search_layers_may_change_only_the_search(tmp_path):
+    """--search_layers names a search variant; a layer that changes the training is refused before any work."""
+    layer = tmp_path / "more_epochs.json"
+    layer.write_text(json.dumps({"max_epochs": 3}))
+    args = [BENCHMARK, "--quick", "--search_layers", layer, "--work_dir", tmp_path / "work"]
+    done = launch(args, ROOT, timeout=300)
+    assert done.returncode == 2 and "changes the training, not only the search" in done.stderr
+    assert not (tmp_path / "work" / "runs").exists()
