@@ -6,8 +6,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from networks import Architecture, C2FNASSupernet
 from networks.c2fnas import ArchLike, as_architecture
-from search.settings import SearchSettings, SearchSettingsError, check_setting
 from search.evolution import AgingEvolution
+from search.settings import SearchSettings, SearchSettingsError, check_setting
 from search.space import SearchSpace, random_ops, rng
 from search.stage import SearchStage
 
