@@ -280,7 +280,7 @@ class Bench:
             self.carried.append(name)
             return stale["result"]
         started = folder / ".benchmark_key"
-        if folder.exists() and not (resumable and started.exists() and started.read_text() == key):
+        if folder.exists() and (force or not (resumable and started.exists() and started.read_text() == key)):
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         started.write_text(key)
@@ -477,6 +477,20 @@ def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], 
     return {name: arch.to_dict() for name, arch in found.items()}
 
 
+def supernets_kept(bench: Bench, seed: int, fine: bool) -> bool:
+    """Whether search ``seed``'s run folder holds the supernets of every trained cluster (and, with ``fine``, the
+    fine stage's), where the search configs put them (``keep_supernets``)."""
+    overrides = bench.overrides(bench.work_dir / "runs" / f"search{bench.variant}_seed{seed}", seed=seed)
+    coarse = parsed(bench.config_files("search_coarse"), overrides).get_parsed_content("searcher")
+    files = [coarse.supernet_file(f"cluster{k}") for k in range(coarse.space.num_clusters) if coarse.members(k)]
+    if not all(f.is_file() for f in files):
+        return False  # (and the fine stage's configs could not be read without the coarse stage's result)
+    if fine:
+        searcher = parsed(bench.config_files("search_fine"), overrides).get_parsed_content("searcher")
+        return searcher.supernet_file("ops").is_file()
+    return True
+
+
 def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[str, dict]) -> Dict[str, Any]:
     """Supernet fitness of ``archs``: ``coarse`` from each search seed's coarse supernets (the random architectures
     and the searched ones), ``fine`` from seed 0's fine supernet (the op assignments and seed 0's searched one).
@@ -515,8 +529,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
     ]
     if not bench.recorded(f"fitness{bench.variant}", inputs):
         for seed in seeds:
-            folder = bench.work_dir / "runs" / f"search{bench.variant}_seed{seed}"
-            if not (folder / "supernets").is_dir():
+            if not supernets_kept(bench, seed, fine=seed == seeds[0]):
                 again = search_part(bench, seed, force=True)
                 if again["arch"] != searches[str(seed)]["arch"]:
                     raise RuntimeError(
@@ -527,6 +540,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
 
 
 CALIBRATION_EPOCHS, CALIBRATION_INTERVAL = 6, 3  # epochs 2, 4 and 5 are training alone; 3 and 6 also validate
+CALIBRATION_STEPS = 40  # optimizer steps per calibration epoch (a profile's epoch may be 10 steps: too short to time)
 _EPOCH_LINE = re.compile(
     r"(SupervisedTrainer|SupervisedEvaluator) - INFO - (Epoch\[(\d+)\] Complete|Engine run finished)\. "
     r"Time taken: (\d+):(\d+):([\d.]+)"
@@ -560,16 +574,19 @@ def baseline_config(bench: Bench, name: str) -> Path:
 def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
     """For each of MONAI's networks, the epochs and validation interval that give it the training wall time of the
     searched network at the profile's budget. Each network (the searched one included) is trained for a few epochs
-    by the real ``train.json`` pipeline (data loading, augmentation and validation included); with ``V``
-    validations (the profile's count, kept) a budget of ``n`` epochs takes ``n * epoch + V * validation``."""
+    of ``CALIBRATION_STEPS`` steps by the real ``train.json`` pipeline (data loading, augmentation and validation
+    included), its step time scaled to the profile's epoch; with ``V`` validations (the profile's count, kept) a
+    budget of ``n`` epochs takes ``n * epoch + V * validation``."""
     from networks import Architecture, save_architecture
 
     def run(folder: Path) -> Dict[str, Any]:
         budget = parsed(bench.config_files("train"), {"bundle_root": str(BUNDLE)})
         epochs, interval = budget.get_parsed_content("max_epochs"), budget.get_parsed_content("val_interval")
+        steps = budget.get_parsed_content("iterations_per_epoch")
         epochs = bench.max_epochs or epochs
         validations = epochs // interval
         short = {"max_epochs": CALIBRATION_EPOCHS, "val_interval": CALIBRATION_INTERVAL}
+        short["iterations_per_epoch"] = CALIBRATION_STEPS
         arch_file = save_architecture(
             Architecture(tuple(searched["levels"]), tuple(searched["ops"])), folder / "architecture.json"
         )
@@ -581,6 +598,8 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
             log = folder / name / "train.log"
             bench.bundle_run(log, "train", overrides, extra)
             timed[name] = epoch_seconds(log)
+            timed[name]["step"] = timed[name]["epoch"] / CALIBRATION_STEPS
+            timed[name]["epoch"] = timed[name]["step"] * steps  # the profile's epoch
         target = epochs * timed["searched"]["epoch"] + validations * timed["searched"]["validation"]
         found: Dict[str, Any] = {"searched": {**timed["searched"], "max_epochs": epochs, "val_interval": interval}}
         for name in BASELINES:
@@ -598,7 +617,7 @@ def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
 
     configs = config_inputs(bench.config_files("train"), drop_search=True)
     inputs = {"configs": configs, "arch": searched, "baselines": BASELINES, "code": code_digest(TRAIN_CODE)}
-    inputs["method"] = f"short real trainings, {CALIBRATION_EPOCHS} epochs"
+    inputs["method"] = f"short real trainings, {CALIBRATION_EPOCHS} epochs of {CALIBRATION_STEPS} steps"
     inputs["max_epochs"] = bench.max_epochs
     return bench.part(f"calibration{bench.variant}{bench.tag}", inputs, run)
 
