@@ -50,9 +50,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/performance.py
 
 # Does the search beat random picks from its space? Searches, random architectures, references and MONAI's UNet and
-# SegResNet, all trained by the bundle's configs (README "Search quality"); finished parts are reused on a re-run.
+# SegResNet, all trained by the bundle's configs with 3 training seeds each (docs/search_quality.md), on the
+# real-anatomy task and on tubes, for the search as configured and its two variants (finalists on a shared supernet,
+# a compute budget); finished parts are committed under benchmarks/results/search_quality/ and reused on a re-run.
+SEARCH_VARIANTS := "" benchmarks/recipes/finalists.json benchmarks/recipes/budget_0.26_gmacs.json
 search-quality: $(STAMP)
-	$(PY) benchmarks/search_quality.py
+	for task in brain_mr tubes; do for variant in $(SEARCH_VARIANTS); do \
+		$(PY) benchmarks/search_quality.py --task $$task --search_layers "$$variant" || exit 1; done; done
 
 # Is one training a measurement? Networks x training seeds x tasks, each trained and scored by the bundle's stage
 # chain; finished trainings are committed under benchmarks/results/training_reliability/ and reused on a re-run.
