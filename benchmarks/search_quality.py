@@ -214,7 +214,8 @@ class Bench:
         log.parent.mkdir(parents=True, exist_ok=True)
         elapsed_file = log.with_suffix(".elapsed")
         before = float(elapsed_file.read_text()) if elapsed_file.exists() else 0.0
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        # this checkout's packages (networks, search), whose digest keys the records, not an installed copy's
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         start = time.perf_counter()
         with open(log, "a") as f:
             process = subprocess.Popen(argv, cwd=BUNDLE, stdout=f, stderr=subprocess.STDOUT, env=env)
