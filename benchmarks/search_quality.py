@@ -189,6 +189,7 @@ class Bench:
         self.tag = "" if max_epochs is None else f"_e{max_epochs}"
         self.machine = machine()
         self.reused: List[str] = []
+        self.ran_on: Dict[str, Dict[str, Optional[str]]] = {}  # part -> the machine (slug) and date it ran on
         self.carried: List[str] = []  # parts carried over a code change (``part``)
         # trainings are also scored on these never-seen cases when set (``train_part``): (folder, what makes them)
         self.heldout: Optional[tuple] = None
@@ -271,14 +272,20 @@ class Bench:
             record = json.loads(record_file.read_text())
             if record.get("key") == key:
                 self.reused.append(name)
+                self.ran_on[name] = {k: record.get(k) for k in ("machine", "finished")}
                 return record["result"]
             if group is not None and _differs_only_in(record.get("inputs", {}), inputs, CARRIED):
                 stale = record
         if stale is not None and self.reproduced.get(group):
             previous = {k: _short(stale["inputs"].get(k)) for k in CARRIED}
             carried = {"from": previous, "verified_by": self.reproduced[group]}
-            atomic_json(record_file, {"key": key, "inputs": inputs, "result": stale["result"], "carried_over": carried})
+            ran_on = {k: stale.get(k) for k in ("machine", "finished")}
+            atomic_json(
+                record_file,
+                {"key": key, "inputs": inputs, "result": stale["result"], **ran_on, "carried_over": carried},
+            )
             self.carried.append(name)
+            self.ran_on[name] = ran_on
             return stale["result"]
         started = folder / ".benchmark_key"
         if folder.exists() and (force or not (resumable and started.exists() and started.read_text() == key)):
@@ -286,7 +293,8 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         started.write_text(key)
         result = run(folder)
-        record = {"key": key, "inputs": inputs, "result": result}
+        self.ran_on[name] = {"machine": self.machine["slug"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        record = {"key": key, "inputs": inputs, "result": result, **self.ran_on[name]}
         if stale is not None and group not in self.reproduced:
             reproduced = (same or _same_dice)(stale["result"], result)
             self.reproduced[group] = name if reproduced else None
@@ -1112,6 +1120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         },
         "reused_parts": bench.reused,
         "carried_parts": bench.carried,
+        "parts_ran_on": bench.ran_on,
     }
     report["figures"] = analyse(found, args)
     out_dirs = [work_dir] + ([] if records_dir.is_relative_to(work_dir) else [records_dir])  # committed: there too
@@ -1190,6 +1199,10 @@ def print_report(report: Dict[str, Any]) -> None:
         f"in all {w['search'] + w['fitness'] + w['train']:.0f} s; this run {w['this_run']:.0f} s "
         f"(reused parts: {len(report['reused_parts'])})"
     )
+    machines: Dict[str, int] = {}
+    for ran in report.get("parts_ran_on", {}).values():
+        machines[ran.get("machine") or "not recorded"] = machines.get(ran.get("machine") or "not recorded", 0) + 1
+    print("parts by the machine they ran on: " + ", ".join(f"{m} {n}" for m, n in sorted(machines.items())))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def test_quick_benchmark_reports_every_figure(quick_report):
         assert _finite(epochs["epoch_time_ratio"], 0) and epochs["max_epochs"] % epochs["val_interval"] == 0
     assert len(figures["targets"]) == 6 and all(isinstance(t["met"], bool) for t in figures["targets"].values())
     assert all(_finite(report["wall_s"][k], 0) for k in ("search", "fitness", "train", "this_run"))
+    ran_on = report["parts_ran_on"]  # which machine and when, for every part
+    assert len(ran_on) == 2 + 1 + 1 + 1 + len(report["train"])
+    assert all(v["machine"] == report["machine"]["slug"] and v["finished"].startswith("20") for v in ran_on.values())
     for picture in ("fitness_vs_standalone.png", "searched_vs_random.png", "dice_vs_gmacs.png"):
         assert (work_dir / picture).read_bytes()[:8] == PNG_MAGIC
     assert "| fine_kendall_tau_ge_0.5 |" in stdout and "| synflow (random architectures) |" in stdout
