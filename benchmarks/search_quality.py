@@ -231,15 +231,19 @@ class Bench:
             raise RuntimeError(f"{' '.join(argv[:4])} failed (exit {process.returncode}); see {log}: {lines[-1:]}")
         return wall
 
+    def with_context(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
+        """A part's inputs as its record keeps them: with the CPU model and the dataset's key added."""
+        return {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
+
     def key(self, inputs: Dict[str, Any]) -> str:
-        """The key of a part's record: sha1 of its inputs (with the CPU model and the dataset's key added)."""
+        """The key of a part's record: sha1 of its inputs ``with_context``."""
         return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
     def recorded(self, name: str, inputs: Dict[str, Any]) -> bool:
         """Whether part ``name`` has a record for ``inputs`` (``part`` would reuse it)."""
         record_file = self.records_dir / f"{name}.json"
-        full = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
-        return self.reuse and record_file.exists() and json.loads(record_file.read_text()).get("key") == self.key(full)
+        key = self.key(self.with_context(inputs))
+        return self.reuse and record_file.exists() and json.loads(record_file.read_text()).get("key") == key
 
     def part(
         self,
@@ -263,7 +267,7 @@ class Bench:
         (``carried_over``). If the reproduction differs, every part of the group runs again. ``same(old, new)``
         decides what reproduces (default: every Dice, ``_same_dice``; a search: ``_same_search``). ``force`` runs the
         part even where its record holds (to remake its run folder: a search's supernets)."""
-        inputs = {**inputs, "cpu": self.machine["cpu"], "dataset_dir": self.dataset_key}
+        inputs = self.with_context(inputs)
         key = self.key(inputs)
         record_file = self.records_dir / f"{name}.json"
         folder = self.work_dir / "runs" / name
@@ -540,7 +544,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
         for seed in seeds:
             if not supernets_kept(bench, seed, fine=seed == seeds[0]):
                 again = search_part(bench, seed, force=True)
-                if again["arch"] != searches[str(seed)]["arch"]:
+                if not _same_search(searches[str(seed)], again):  # (the architectures' provenance dates differ)
                     raise RuntimeError(
                         f"search seed {seed} run again to remake its supernets found {again['arch']}, not its "
                         f"record's {searches[str(seed)]['arch']} (another CPU kind?): run with --no_reuse"
