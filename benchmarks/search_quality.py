@@ -195,6 +195,26 @@ class Bench:
         self.heldout: Optional[tuple] = None
         self.reproduced: Dict[str, Optional[str]] = {}  # group -> the part that reproduced its record, or None
 
+    def use_search_layers(self, layers: Sequence[Path]) -> None:
+        """Merge ``layers`` after the profile in every stage and name the parts that depend on the search after them
+        (``@<stems>``). Raises ValueError, before any work, where a layer is missing or changes what the trainings
+        or evaluations merge (their configs without the ids only the search reads): a variant changes the search
+        only, so that the random architectures' and C2FNAS-Panc's trainings are shared with the search as
+        configured."""
+        missing = [str(f) for f in layers if not Path(f).is_file()]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: do not exist")
+        before = [config_inputs(self.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
+        self.search_layers, self.variant = [Path(f) for f in layers], "@" + "+".join(Path(f).stem for f in layers)
+        after = [config_inputs(self.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
+        if before != after:
+            changed = sorted({k for b, a in zip(before, after) for k in {*b, *a} if b.get(k) != a.get(k)})
+            self.search_layers, self.variant = [], ""
+            raise ValueError(
+                f"{', '.join(map(str, layers))}: changes the training, not only the search ({', '.join(changed)}); "
+                "use --profile"
+            )
+
     def config_files(self, stage: str, extra: Sequence[Path] = ()) -> List[str]:
         """The configs stage ``stage`` of the bundle's chain merges, with the profile and ``extra`` last."""
         return stage_chain().config_files(stage, BUNDLE, [self.profile, *self.search_layers, *extra])
@@ -389,6 +409,11 @@ def parsed(files: Sequence[Path], overrides: Dict[str, Any]):
 # ---------------------------------------------------------------------------------------------------- parts
 
 
+def search_name(bench: Bench, seed: int) -> str:
+    """The part name of search ``seed`` (of the bench's variant); its run folder is ``work_dir/runs/<name>``."""
+    return f"search{bench.variant}_seed{seed}"
+
+
 def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
     """Coarse and fine search with ``seed``, keeping their supernets (in ``work_dir/runs/search[@variant]_seed<seed>``);
     ``force``: run it even where its record holds, to remake the supernets the record does not keep. Over a change to
@@ -405,8 +430,15 @@ def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
         return {"seed": seed, "arch": arch, "wall_s": {"coarse": wall_coarse, "fine": wall_fine}}
 
     inputs = {"configs": [config_inputs(coarse), config_inputs(fine)], "seed": seed, "code": code_digest(SEARCH_CODE)}
-    name = f"search{bench.variant}_seed{seed}"
-    return bench.part(name, inputs, run, resumable=True, force=force, group=f"search{bench.variant}", same=_same_search)
+    return bench.part(
+        search_name(bench, seed),
+        inputs,
+        run,
+        resumable=True,
+        force=force,
+        group=f"search{bench.variant}",
+        same=_same_search,
+    )
 
 
 def train_part(
@@ -493,7 +525,7 @@ def sample_architectures(bench: Bench, n: int, m: int, topology: Sequence[int], 
 def supernets_kept(bench: Bench, seed: int, fine: bool) -> bool:
     """Whether search ``seed``'s run folder holds the supernets of every trained cluster (and, with ``fine``, the
     fine stage's), where the search configs put them (``keep_supernets``)."""
-    overrides = bench.overrides(bench.work_dir / "runs" / f"search{bench.variant}_seed{seed}", seed=seed)
+    overrides = bench.overrides(bench.work_dir / "runs" / search_name(bench, seed), seed=seed)
     coarse = parsed(bench.config_files("search_coarse"), overrides).get_parsed_content("searcher")
     files = [coarse.supernet_file(f"cluster{k}") for k in range(coarse.space.num_clusters) if coarse.members(k)]
     if not all(f.is_file() for f in files):
@@ -517,7 +549,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
     def run(folder: Path) -> Dict[str, Any]:
         start, found = time.perf_counter(), {"coarse": {}, "fine": {}}
         for seed in seeds:
-            overrides = bench.overrides(bench.work_dir / "runs" / f"search{bench.variant}_seed{seed}", seed=seed)
+            overrides = bench.overrides(bench.work_dir / "runs" / search_name(bench, seed), seed=seed)
             coarse = parsed(bench.config_files("search_coarse"), overrides)
             searcher = coarse.get_parsed_content("searcher")
             found["coarse"][str(seed)] = {
@@ -538,7 +570,7 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
 
     inputs = {"archs": archs, "seeds": seeds, "code": code_digest(SEARCH_CODE)}
     inputs["searches"] = [
-        json.loads((bench.records_dir / f"search{bench.variant}_seed{s}.json").read_text())["key"] for s in seeds
+        json.loads((bench.records_dir / f"{search_name(bench, s)}.json").read_text())["key"] for s in seeds
     ]
     if not bench.recorded(f"fitness{bench.variant}", inputs):
         for seed in seeds:
@@ -1037,17 +1069,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         dataset_key = generator_key(args.task)
     bench = Bench(work_dir, dataset_dir, args.profile, not args.no_reuse, args.max_epochs, records_dir, dataset_key)
     layers = [Path(f.strip()).resolve() for f in args.search_layers.split(",") if f.strip()]
-    missing = [str(f) for f in layers if not f.is_file()]
-    if missing:
-        parser.error(f"--search_layers: {', '.join(missing)} do not exist")
     if layers:
-        before = [config_inputs(bench.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
-        bench.search_layers, bench.variant = layers, "@" + "+".join(f.stem for f in layers)
-        after = [config_inputs(bench.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
-        if before != after:
-            parser.error(
-                f"--search_layers {args.search_layers}: changes the training, not only the search; use --profile"
-            )
+        try:
+            bench.use_search_layers(layers)
+        except ValueError as e:
+            parser.error(f"--search_layers: {e}")
     if args.heldout:
         heldout = heldout_dataset(args.task, work_dir / "data", args.heldout)
         bench.heldout = (heldout, {"cases": args.heldout, "seed": 1})

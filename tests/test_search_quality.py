@@ -4,6 +4,7 @@ the generated 2-channel MR-like task (benchmarks/tasks.py ``prostate_mr``, 6 cas
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -275,6 +276,28 @@ def test_search_records_carry_over_when_seed_0_finds_the_same(tmp_path):
     assert searches("new", 0.5).carried == ["search_seed1", "search_seed2"] and ran[3:] == [("new", 0)]
     searches("newer", 0.7)
     assert ran[4:] == [("newer", 0), ("newer", 1), ("newer", 2)], "seed 0 found another fitness: every seed runs"
+
+
+def test_the_planned_search_variants_change_only_the_search(tmp_path):
+    """Every search variant ``make search-quality`` runs (the Makefile's SEARCH_VARIANTS) is accepted as a search
+    layer at the CPU profile and names its parts after itself; a layer that changes the training is refused, naming
+    what it changes."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    line = re.search(r"^SEARCH_VARIANTS :=((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    variants = re.sub(r"\\\n", " ", line).replace('"', "").split()
+    assert variants and all(v.startswith("benchmarks/recipes/") for v in variants)
+    for variant in variants:
+        bench = benchmark.Bench(tmp_path, None, CONFIGS / "cpu_profile.json", True)
+        bench.use_search_layers([ROOT / variant])
+        assert bench.variant == "@" + Path(variant).stem and bench.search_layers == [ROOT / variant]
+    layer = tmp_path / "search_and_width.json"
+    layer.write_text(json.dumps({"cluster_iterations": 10, "base_channels": 4}))
+    bench = benchmark.Bench(tmp_path, None, CONFIGS / "cpu_profile.json", True)
+    with pytest.raises(ValueError, match=r"changes the training.*base_channels") as refused:
+        bench.use_search_layers([layer])
+    assert "cluster_iterations" not in str(refused.value) and bench.variant == "" and not bench.search_layers
 
 
 def test_search_layers_may_change_only_the_search(tmp_path):
