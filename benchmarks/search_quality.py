@@ -794,6 +794,31 @@ def standalone(runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
+def ruler_reliability(runs: Sequence[Sequence[float]], target: float = 0.8) -> Dict[str, Optional[float]]:
+    """How much of the spread among networks' seed-mean Dice is real. ``runs``: each network's Dice per training seed
+    (the same number T of seeds each). The spread of the means is the networks' true spread plus the training noise
+    over T (one-way random effects): ``var(means) = var_true + noise**2 / T``. Returns ``noise`` (pooled std over
+    seeds), ``spread`` (std of the means), ``true_spread`` (std of the networks' true Dice, 0 where the noise
+    explains it all), ``reliability`` (``var_true / var(means)``: the part of the ruler's ranking that is not
+    training luck; a perfect ranker's expected Kendall tau against the ruler shrinks with it) and
+    ``seeds_for_target`` (the T at which it would reach ``target``; None where no spread is left to measure)."""
+    seeds = len(runs[0])
+    means = [statistics.fmean(r) for r in runs]
+    noise_var = statistics.fmean(statistics.variance(r) for r in runs)
+    spread_var = statistics.variance(means)
+    true_var = max(0.0, spread_var - noise_var / seeds)
+    needed = math.ceil(round(noise_var * target / (true_var * (1 - target)), 6)) if true_var > 0 else None
+    return {
+        "seeds": seeds,
+        "noise": math.sqrt(noise_var),
+        "spread": math.sqrt(spread_var),
+        "true_spread": math.sqrt(true_var),
+        "reliability": true_var / spread_var if spread_var > 0 else None,
+        "target": target,
+        "seeds_for_target": needed,
+    }
+
+
 def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
     """Every figure of the report from the parts' results. Each network's stand-alone Dice is the mean over its
     training seeds (``standalone``); the noise floor is their pooled standard deviation over every network."""
@@ -856,6 +881,10 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
         "random_best": max(random_dice),
         "ops": {n: nets[n]["mean"] for n in ops_names},
         "noise": {"std": noise_floor, "per_network_std": {n: v["std"] for n, v in nets.items()}},
+        "ruler_reliability": {
+            group: ruler_reliability([nets[n]["per_seed"] for n in names])
+            for group, names in (("random", random_names), ("ops", ops_names))
+        },
         "searched": searched,
         "searched_spread": {
             "mean": statistics.fmean(searched_dice),
@@ -1199,6 +1228,12 @@ def print_report(report: Dict[str, Any]) -> None:
         f"\nrandom architectures ({len(random_dice)}): mean {f['random_mean']:.4f}, min {random_dice[0]:.4f}, "
         f"75th percentile {f['random_q75']:.4f}, best {f['random_best']:.4f}"
     )
+    for group, r in f["ruler_reliability"].items():
+        print(
+            f"{group}: spread of the seed means {r['spread']:.4f} (std), of which real {r['true_spread']:.4f}; "
+            f"ruler reliability {_fmt(r['reliability'])} with {r['seeds']} seeds "
+            f"({r['seeds_for_target'] if r['seeds_for_target'] is not None else 'no'} seeds for {r['target']})"
+        )
     spread = f["searched_spread"]
     print(
         f"searched over seeds: mean {spread['mean']:.4f}, std {spread['std']:.4f}, range {spread['min']:.4f}-"

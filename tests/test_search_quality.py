@@ -56,6 +56,9 @@ def test_quick_benchmark_reports_every_figure(quick_report):
         assert _finite(net["std"], 0) and _finite(figures["gmacs"][name], 0) and figures["gmacs"][name] > 0, name
     stds = [net["std"] for net in figures["networks"].values()]
     assert figures["noise"]["std"] == pytest.approx(math.sqrt(sum(v * v for v in stds) / len(stds)))
+    for group, reliability in figures["ruler_reliability"].items():  # how much of the spread is not training luck
+        assert reliability["seeds"] == 2 and _finite(reliability["noise"], 0) and _finite(reliability["spread"], 0)
+        assert reliability["reliability"] is None or _finite(reliability["reliability"], 0, 1), group
     for s in ("0", "1"):
         searched = figures["searched"][s]
         assert searched["dice"] == figures["networks"][f"searched{s}"]["mean"]
@@ -134,6 +137,25 @@ def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report)
     assert "Epoch[3] Complete" in log and "Epoch[4]" not in log
     assert (work_dir / "search_quality.json").read_text() == before
     assert (work_dir / "searched_vs_random_e3.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_ruler_reliability_separates_real_spread_from_training_noise():
+    """The part of the spread among seed means that is real: 1 where networks differ far beyond their seeds' noise,
+    0 where the means spread no more than the noise over T seeds predicts; the seeds needed grow with the noise."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    apart = benchmark.ruler_reliability([[0.50, 0.52, 0.48], [0.70, 0.72, 0.68], [0.90, 0.92, 0.88]])
+    assert apart["noise"] == pytest.approx(0.02) and apart["spread"] == pytest.approx(0.2)
+    assert apart["reliability"] == pytest.approx(1 - 0.02**2 / 3 / 0.2**2) and apart["seeds_for_target"] == 1
+    # three networks alike in truth: their means differ by less than the noise over 3 seeds predicts
+    alike = benchmark.ruler_reliability([[0.70, 0.74, 0.66], [0.72, 0.68, 0.70], [0.66, 0.74, 0.71]])
+    assert alike["true_spread"] == 0 and alike["reliability"] == 0 and alike["seeds_for_target"] is None
+    # a real spread of 0.01 under a noise of 0.03: reliability 0.25 at 3 seeds, 0.8 takes 36
+    high = 0.70 + 0.02 * math.sqrt(2)  # means 0.0283 apart: a spread of 0.02 = sqrt(0.01 ** 2 + 0.03 ** 2 / 3)
+    noisy = benchmark.ruler_reliability([[0.67, 0.70, 0.73], [high - 0.03, high, high + 0.03]])
+    assert noisy["noise"] == pytest.approx(0.03) and noisy["true_spread"] == pytest.approx(0.01)
+    assert noisy["reliability"] == pytest.approx(0.25) and noisy["seeds_for_target"] == 36
 
 
 def test_training_parts_do_not_depend_on_search_budgets():
