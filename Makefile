@@ -57,7 +57,7 @@ bench: $(STAMP)
 SEARCH_VARIANTS := "" benchmarks/recipes/finalists.json benchmarks/recipes/coarse_2600_steps.json \
     benchmarks/recipes/budget_0.26_gmacs.json
 search-quality: $(STAMP)
-	for task in brain_mr tubes; do for variant in $(SEARCH_VARIANTS); do \
+	for variant in $(SEARCH_VARIANTS); do for task in brain_mr tubes; do \
 		$(PY) benchmarks/search_quality.py --task $$task --search_layers "$$variant" || exit 1; done; done
 
 # Is one training a measurement? Networks x training seeds x tasks, each trained and scored by the bundle's stage
