@@ -19,6 +19,15 @@ def _finite(value, low=-math.inf, high=math.inf):
 
 
 @pytest.fixture(scope="module")
+def benchmark():
+    """``benchmarks/search_quality.py`` as a module (benchmarks/ is not a package on the tests' path)."""
+    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     from benchmarks.tasks import dataset
 
@@ -139,12 +148,9 @@ def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report)
     assert (work_dir / "searched_vs_random_e3.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_ruler_reliability_separates_real_spread_from_training_noise():
+def test_ruler_reliability_separates_real_spread_from_training_noise(benchmark):
     """The part of the spread among seed means that is real: 1 where networks differ far beyond their seeds' noise,
     0 where the means spread no more than the noise over T seeds predicts; the seeds needed grow with the noise."""
-    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     apart = benchmark.ruler_reliability([[0.50, 0.52, 0.48], [0.70, 0.72, 0.68], [0.90, 0.92, 0.88]])
     assert apart["noise"] == pytest.approx(0.02) and apart["spread"] == pytest.approx(0.2)
     assert apart["reliability"] == pytest.approx(1 - 0.02**2 / 3 / 0.2**2) and apart["seeds_for_target"] == 1
@@ -158,11 +164,8 @@ def test_ruler_reliability_separates_real_spread_from_training_noise():
     assert noisy["reliability"] == pytest.approx(0.25) and noisy["seeds_for_target"] == 36
 
 
-def test_training_parts_do_not_depend_on_search_budgets():
+def test_training_parts_do_not_depend_on_search_budgets(benchmark):
     """Changing a search budget in a profile re-runs the searches, not the trainings."""
-    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     config_inputs = benchmark.config_inputs
     files = [CONFIGS / "common.json", CONFIGS / "train.json", CONFIGS / "cpu_profile.json"]
     training = config_inputs(files, drop_search=True)
@@ -173,13 +176,10 @@ def test_training_parts_do_not_depend_on_search_budgets():
 
 
 @pytest.mark.parametrize("reproduced", [True, False])
-def test_records_carry_over_a_code_change_only_when_a_rerun_reproduces_one(tmp_path, reproduced):
+def test_records_carry_over_a_code_change_only_when_a_rerun_reproduces_one(benchmark, tmp_path, reproduced):
     """A code or config change that leaves a training's result unchanged keeps a network's seed records: the first
     seed runs again, and only if it gives the same Dice are the other seeds carried over (not run); otherwise all
     run."""
-    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     ran = []
 
     def parts(code, configs, dice):
@@ -237,12 +237,9 @@ def test_proxy_baselines_rank_a_report_without_training(tmp_path):
     assert found["correlation"]["coarse"]["supernet (mean over search seeds)"]["kendall_tau"] == 0.5
 
 
-def test_code_digest_counts_what_the_code_computes(tmp_path):
+def test_code_digest_counts_what_the_code_computes(benchmark, tmp_path):
     """Records depend on the code's digest: a docstring, comment or formatting change keeps it, so records stay
     valid; a changed statement, constant or config value changes it, so they do not."""
-    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     package = tmp_path / "pkg"
     package.mkdir()
     module, config = package / "m.py", package / "c.json"
@@ -261,12 +258,9 @@ def test_code_digest_counts_what_the_code_computes(tmp_path):
     assert digest('"""Doc."""\n\n\ndef f(x):\n    return 2 * x\n', '{"a": 1, "b": [2, 1]}') != base
 
 
-def test_search_records_carry_over_when_seed_0_finds_the_same(tmp_path):
+def test_search_records_carry_over_when_seed_0_finds_the_same(benchmark, tmp_path):
     """A change to the search code re-runs seed 0's search; only if it finds the same architecture with the same
     fitness in both stages are the other seeds' search records kept."""
-    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
 
     def found(levels, fitness):
         coarse = {"fitness": fitness - 0.1}
@@ -300,13 +294,10 @@ def test_search_records_carry_over_when_seed_0_finds_the_same(tmp_path):
     assert ran[4:] == [("newer", 0), ("newer", 1), ("newer", 2)], "seed 0 found another fitness: every seed runs"
 
 
-def test_the_planned_search_variants_change_only_the_search(tmp_path):
+def test_the_planned_search_variants_change_only_the_search(benchmark, tmp_path):
     """Every search variant ``make search-quality`` runs (the Makefile's SEARCH_VARIANTS) is accepted as a search
     layer at the CPU profile and names its parts after itself; a layer that changes the training is refused, naming
     what it changes."""
-    spec = importlib.util.spec_from_file_location("search_quality", BENCHMARK)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     line = re.search(r"^SEARCH_VARIANTS :=((?:.*\\\n)*.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     variants = re.sub(r"\\\n", " ", line).replace('"', "").split()
     assert variants and all(v.startswith("benchmarks/recipes/") for v in variants)
