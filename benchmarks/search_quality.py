@@ -859,14 +859,16 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
             "topology": kendall_spearman([scores[n]["topology"] for n in random_names], random_dice),
         }
     ops_dice = [nets[n]["mean"] for n in ops_names]
-    correlation["fine"]["0"] = kendall_spearman([fitness["fine"][n]["architecture"] for n in ops_names], ops_dice)
+    if ops_names:  # none in a search variant's run (``--ops 0``): the fine stage is not measured there
+        correlation["fine"]["0"] = kendall_spearman([fitness["fine"][n]["architecture"] for n in ops_names], ops_dice)
     taus = [c["architecture"]["kendall_tau"] for c in correlation["coarse"].values()]
     coarse_tau = statistics.fmean(taus) if all(t is not None for t in taus) else None
-    fine_tau = correlation["fine"]["0"]["kendall_tau"]
+    fine_tau = correlation["fine"]["0"]["kendall_tau"] if ops_names else None
     values = found["proxies"]["proxies"]
+    stages = [("coarse", random_names, random_dice)] + ([("fine", ops_names, ops_dice)] if ops_names else [])
     proxy_tau = {
         stage: {p: kendall_spearman([values[n][p] for n in names], dice) for p in ("parameters", "gmacs", "synflow")}
-        for stage, names, dice in (("coarse", random_names, random_dice), ("fine", ops_names, ops_dice))
+        for stage, names, dice in stages
     }
 
     searched_dice = [v["dice"] for v in searched.values()]
@@ -884,6 +886,7 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
         "ruler_reliability": {
             group: ruler_reliability([nets[n]["per_seed"] for n in names])
             for group, names in (("random", random_names), ("ops", ops_names))
+            if names
         },
         "searched": searched,
         "searched_spread": {
@@ -909,12 +912,18 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
 
     above = sum(v["at_or_above_random_q75"] for v in searched.values())
     beats_rs = sum(v["margin_over_random_search"] > noise_floor for v in searched.values())
+    # "met": None where the run does not measure the target (no op assignments: the fine stage)
+    fine_beats = beats_proxies(fine_tau, "fine") if ops_names else None
     figures["targets"] = {
-        "fine_kendall_tau_ge_0.5": {"value": fine_tau, "met": fine_tau is not None and fine_tau >= 0.5},
+        "fine_kendall_tau_ge_0.5": {
+            "value": fine_tau,
+            "met": (fine_tau is not None and fine_tau >= 0.5) if ops_names else None,
+        },
         "coarse_kendall_tau_ge_0.4": {"value": coarse_tau, "met": coarse_tau is not None and coarse_tau >= 0.4},
         "supernet_tau_above_every_proxy": {
-            "value": f"coarse {beats_proxies(coarse_tau, 'coarse')}, fine {beats_proxies(fine_tau, 'fine')}",
-            "met": beats_proxies(coarse_tau, "coarse") and beats_proxies(fine_tau, "fine"),
+            "value": f"coarse {beats_proxies(coarse_tau, 'coarse')}, fine "
+            + (str(fine_beats) if ops_names else "not measured"),
+            "met": beats_proxies(coarse_tau, "coarse") and fine_beats if ops_names else None,
         },
         "searched_at_or_above_random_q75_in_2_of_3": {"value": f"{above} of {len(seeds)}", "met": above >= 2},
         "searched_beats_random_search_by_noise_floor": {"value": f"{beats_rs} of {len(seeds)}", "met": beats_rs >= 2},
@@ -954,8 +963,9 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
     axes[0].set_xlabel("supernet fitness (validation Dice, inherited weights)")
     axes[0].legend(fontsize=8)
     ops_names = sorted(f["ops"])
-    x = [fitness["fine"][n]["architecture"] for n in ops_names]
-    axes[1].errorbar(x, [nets[n]["mean"] for n in ops_names], yerr=[nets[n]["std"] for n in ops_names], fmt="o")
+    if ops_names:
+        x = [fitness["fine"][n]["architecture"] for n in ops_names]
+        axes[1].errorbar(x, [nets[n]["mean"] for n in ops_names], yerr=[nets[n]["std"] for n in ops_names], fmt="o")
     if "searched0" in fitness["fine"]:
         axes[1].scatter(
             [fitness["fine"]["searched0"]["architecture"]],
@@ -966,7 +976,12 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
             label="searched (seed 0)",
         )
         axes[1].legend(fontsize=8)
-    axes[1].set(title=f"fine stage: op assignments (tau: {_fmt(f['correlation']['fine']['0']['kendall_tau'])})")
+    fine = f["correlation"]["fine"]
+    axes[1].set_title(
+        f"fine stage: op assignments (tau: {_fmt(fine['0']['kendall_tau'])})"
+        if fine
+        else "fine stage: no op assignments in this run"
+    )
     axes[1].set(xlabel="supernet fitness (validation Dice, inherited weights)", ylabel=label)
     fig.tight_layout()
     paths.append(_save(fig, work_dir / f"fitness_vs_standalone{tag}.png", atomic_write))
@@ -1025,7 +1040,7 @@ def _fmt(value: Optional[float]) -> str:
 # ---------------------------------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", type=Path, default=None, help="MSD-layout dataset (default: embedded)")
     parser.add_argument(
@@ -1051,7 +1066,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     )
     parser.add_argument("--seeds", type=int, default=3, help="S: search seeds")
     parser.add_argument("--random", type=int, default=12, help="N: architectures drawn from the whole space")
-    parser.add_argument("--ops", type=int, default=6, help="M: op assignments drawn on seed 0's topology")
+    parser.add_argument(
+        "--ops",
+        type=int,
+        default=None,
+        help="M: op assignments drawn on seed 0's topology, the fine stage's ranking (default 6; 0 with "
+        "--search_layers: a variant is judged by what it finds, and the search as configured measures the fine stage)",
+    )
     parser.add_argument("--training_seeds", type=int, default=3, help="T: training seeds of every network (its mean)")
     parser.add_argument(
         "--heldout",
@@ -1066,13 +1087,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     )
     parser.add_argument("--quick", action="store_true", help="S=2, N=4, M=3, T=2: a check that it all runs")
     parser.add_argument("--no_reuse", action="store_true", help="re-run every part")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line with its defaults resolved (``--quick``, ``--ops``, ``--heldout``); one error naming the
+    option where a value cannot work, before any work."""
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.random, args.ops, args.training_seeds = 2, 4, 3, 2
+    if args.ops is None:
+        args.ops = 0 if args.search_layers.strip() else 6
     if args.heldout is None:
         args.heldout = 0 if args.dataset_dir is not None else 4 if args.quick else 20
-    if args.seeds < 1 or args.random < 2 or args.ops < 2 or args.training_seeds < 2 or args.heldout < 0:
-        parser.error("need --seeds >= 1, --random >= 2, --ops >= 2, --training_seeds >= 2 and --heldout >= 0")
+    if args.seeds < 1 or args.random < 2 or 0 < args.ops < 2 or args.training_seeds < 2 or args.heldout < 0:
+        parser.error("need --seeds >= 1, --random >= 2, --ops 0 or >= 2, --training_seeds >= 2 and --heldout >= 0")
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max_epochs {args.max_epochs}: need at least 1")
     for what, path in (("--profile", args.profile), ("--dataset_dir", args.dataset_dir)):
@@ -1082,6 +1111,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         parser.error("--task generates its own data; leave out --dataset_dir")
     if args.heldout and args.dataset_dir is not None:
         parser.error("--heldout needs a generated task (its generator draws the never-seen cases); not --dataset_dir")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = build_parser()
+    args = parse_args(parser, argv)
     args.profile = args.profile.resolve()
     default_dir = ROOT / "runs" / ("search_quality" if args.task == "embedded" else f"search_quality_{args.task}")
     work_dir = (args.work_dir or default_dir).resolve()
@@ -1246,8 +1281,8 @@ def print_report(report: Dict[str, Any]) -> None:
                 f"| coarse supernets, seed {s}, {label} | {_fmt(c[kind]['kendall_tau'])} | "
                 f"{_fmt(c[kind]['spearman_rho'])} | {c[kind]['points']} |"
             )
-    c = f["correlation"]["fine"]["0"]
-    print(f"| fine supernet, seed 0 | {_fmt(c['kendall_tau'])} | {_fmt(c['spearman_rho'])} | {c['points']} |")
+    for c in f["correlation"]["fine"].values():
+        print(f"| fine supernet, seed 0 | {_fmt(c['kendall_tau'])} | {_fmt(c['spearman_rho'])} | {c['points']} |")
     for stage, rows in f["proxy_correlation"].items():
         for proxy, c in rows.items():
             print(
@@ -1257,7 +1292,8 @@ def print_report(report: Dict[str, Any]) -> None:
     print("\n| target | value | |\n|---|---|---|")
     for name, target in f["targets"].items():
         value = target["value"] if isinstance(target["value"], str) else _fmt(target["value"])
-        print(f"| {name} | {value} | {'met' if target['met'] else 'missed'} |")
+        judged = {True: "met", False: "missed", None: "not measured in this run"}[target["met"]]
+        print(f"| {name} | {value} | {judged} |")
     w = report["wall_s"]
     print(
         f"\nwall time: search {w['search']:.0f} s, fitness {w['fitness']:.0f} s, training {w['train']:.0f} s, "

@@ -164,6 +164,94 @@ def test_ruler_reliability_separates_real_spread_from_training_noise(benchmark):
     assert noisy["reliability"] == pytest.approx(0.25) and noisy["seeds_for_target"] == 36
 
 
+def _made_up_parts(ops: int) -> dict:
+    """What a finished run's parts hold for 4 random architectures, ``ops`` op assignments, 2 search seeds and 2
+    training seeds, with made-up figures drawn per network name (the same network gets the same figures)."""
+    import random
+
+    random_names, ops_names = [f"random{i:02d}" for i in range(4)], [f"ops{i:02d}" for i in range(ops)]
+    names = random_names + ops_names + ["searched0", "searched1", "panc", "unet", "segresnet"]
+    draw = {n: random.Random(n) for n in names}
+    train = {}
+    for n in names:
+        for t in (0, 1):
+            dice = draw[n].uniform(0.5, 0.8)
+            held = {"dice": dice - 0.01, "per_class": {"organ": dice - 0.01}}
+            train[f"{n}_seed{t}"] = {"dice": dice, "per_class": {"organ": dice}, "wall_s": 10.0, "heldout": held}
+    arch = {"levels": [1, 2, 2, 2, 2, 2, 2, 1], "ops": ["3D"] * 8}
+    return {
+        "search": {s: {"arch": arch, "wall_s": {"coarse": 5.0, "fine": 5.0}} for s in ("0", "1")},
+        "train": train,
+        "networks": names,
+        "fitness": {
+            "coarse": {
+                s: {n: {"architecture": draw[n].random(), "topology": draw[n].random()} for n in random_names}
+                for s in ("0", "1")
+            },
+            "fine": {n: {"architecture": draw[n].random()} for n in ops_names + ["searched0"]},
+            "wall_s": 1.0,
+        },
+        "proxies": {"proxies": {n: {p: draw[n].random() for p in ("parameters", "gmacs", "synflow")} for n in names}},
+        "baseline_epochs": {n: {"max_epochs": 10, "val_interval": 5} for n in ("unet", "segresnet")},
+        "gmacs": {n: 0.1 + draw[n].random() for n in names},
+    }
+
+
+def test_a_search_variant_runs_no_op_assignments_and_reports_the_fine_stage_as_not_measured(
+    benchmark, tmp_path, capsys
+):
+    """The op assignments measure the fine stage's ranking: the search as configured draws 6, a search variant none
+    unless asked (``--ops``). Without them the coarse figures stand as they are and every fine-stage figure and
+    target reads 'not measured', in the figures, the printed report and the pictures."""
+    parser = benchmark.build_parser()
+    variant = ["--task", "tubes", "--search_layers", "benchmarks/recipes/finalists.json"]
+    assert benchmark.parse_args(parser, ["--task", "tubes"]).ops == 6
+    assert benchmark.parse_args(parser, variant).ops == 0
+    assert benchmark.parse_args(parser, [*variant, "--ops", "4"]).ops == 4
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(parser, ["--task", "tubes", "--ops", "1"])  # one point ranks nothing
+    assert "--ops 0 or >= 2" in capsys.readouterr().err
+
+    args = benchmark.argparse.Namespace(training_seeds=2, orders=50)
+    measured, variant_figures = (benchmark.analyse(_made_up_parts(ops), args) for ops in (3, 0))
+    assert measured["correlation"]["fine"]["0"]["points"] == 3 and set(measured["proxy_correlation"]) == {
+        "coarse",
+        "fine",
+    }
+    assert all(isinstance(t["met"], bool) for t in measured["targets"].values())
+    assert variant_figures["correlation"]["fine"] == {} and set(variant_figures["proxy_correlation"]) == {"coarse"}
+    assert set(variant_figures["ruler_reliability"]) == {"random"} and variant_figures["ops"] == {}
+    targets = variant_figures["targets"]
+    assert targets["fine_kendall_tau_ge_0.5"] == {"value": None, "met": None}
+    assert targets["supernet_tau_above_every_proxy"]["met"] is None
+    assert targets["supernet_tau_above_every_proxy"]["value"].endswith("fine not measured")
+    for name in ("coarse_kendall_tau_ge_0.4", "searched_at_or_above_random_q75_in_2_of_3"):
+        assert targets[name] == measured["targets"][name], "the op assignments change no coarse figure"
+    assert variant_figures["correlation"]["coarse"] == measured["correlation"]["coarse"]
+
+    parts = _made_up_parts(0)
+    report = {
+        "machine": {"cpu": "test CPU", "cpu_id": "f0m0", "cores": 2, "torch": "test"},
+        "settings": {"task": "tubes", "tag": "@finalists"},
+        "fitness": parts["fitness"],
+        "figures": variant_figures,
+        "wall_s": {"search": 20.0, "fitness": 1.0, "train": 220.0, "this_run": 1.0},
+        "reused_parts": [],
+        "parts_ran_on": {},
+    }
+    benchmark.print_report(report)
+    printed = capsys.readouterr().out
+    assert "| fine_kendall_tau_ge_0.5 | n/a | not measured in this run |" in printed
+    assert "| fine supernet" not in printed and "(op assignments)" not in printed
+    pictures = benchmark.plot(report, tmp_path)
+    assert [p.name for p in pictures] == [
+        "fitness_vs_standalone@finalists.png",
+        "searched_vs_random@finalists.png",
+        "dice_vs_gmacs@finalists.png",
+    ]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pictures)
+
+
 def test_training_parts_do_not_depend_on_search_budgets(benchmark):
     """Changing a search budget in a profile re-runs the searches, not the trainings."""
     config_inputs = benchmark.config_inputs
