@@ -800,20 +800,24 @@ def ruler_reliability(runs: Sequence[Sequence[float]], target: float = 0.8) -> D
     over T (one-way random effects): ``var(means) = var_true + noise**2 / T``. Returns ``noise`` (pooled std over
     seeds), ``spread`` (std of the means), ``true_spread`` (std of the networks' true Dice, 0 where the noise
     explains it all), ``reliability`` (``var_true / var(means)``: the part of the ruler's ranking that is not
-    training luck; a perfect ranker's expected Kendall tau against the ruler shrinks with it) and
-    ``seeds_for_target`` (the T at which it would reach ``target``; None where no spread is left to measure)."""
+    training luck), ``tau_ceiling`` (the Kendall tau against the ruler that a ranker who knew every network's true
+    Dice would score on average, ``2/pi * asin(sqrt(reliability))`` where true Dice and noise are normal: no
+    supernet, proxy or search can be shown to rank better than that with this ruler) and ``seeds_for_target`` (the T
+    at which the reliability would reach ``target``; None where no spread is left to measure)."""
     seeds = len(runs[0])
     means = [statistics.fmean(r) for r in runs]
     noise_var = statistics.fmean(statistics.variance(r) for r in runs)
     spread_var = statistics.variance(means)
     true_var = max(0.0, spread_var - noise_var / seeds)
+    reliability = true_var / spread_var if spread_var > 0 else None
     needed = math.ceil(round(noise_var * target / (true_var * (1 - target)), 6)) if true_var > 0 else None
     return {
         "seeds": seeds,
         "noise": math.sqrt(noise_var),
         "spread": math.sqrt(spread_var),
         "true_spread": math.sqrt(true_var),
-        "reliability": true_var / spread_var if spread_var > 0 else None,
+        "reliability": reliability,
+        "tau_ceiling": None if reliability is None else 2 / math.pi * math.asin(math.sqrt(reliability)),
         "target": target,
         "seeds_for_target": needed,
     }
@@ -1267,7 +1271,8 @@ def print_report(report: Dict[str, Any]) -> None:
         print(
             f"{group}: spread of the seed means {r['spread']:.4f} (std), of which real {r['true_spread']:.4f}; "
             f"ruler reliability {_fmt(r['reliability'])} with {r['seeds']} seeds "
-            f"({r['seeds_for_target'] if r['seeds_for_target'] is not None else 'no'} seeds for {r['target']})"
+            f"({r['seeds_for_target'] if r['seeds_for_target'] is not None else 'no'} seeds for {r['target']}); "
+            f"a perfect ranker's Kendall τ against it: {_fmt(r.get('tau_ceiling'))}"
         )
     spread = f["searched_spread"]
     print(

@@ -68,6 +68,7 @@ def test_quick_benchmark_reports_every_figure(quick_report):
     for group, reliability in figures["ruler_reliability"].items():  # how much of the spread is not training luck
         assert reliability["seeds"] == 2 and _finite(reliability["noise"], 0) and _finite(reliability["spread"], 0)
         assert reliability["reliability"] is None or _finite(reliability["reliability"], 0, 1), group
+        assert reliability["tau_ceiling"] is None or _finite(reliability["tau_ceiling"], 0, 1), group
     for s in ("0", "1"):
         searched = figures["searched"][s]
         assert searched["dice"] == figures["networks"][f"searched{s}"]["mean"]
@@ -154,14 +155,18 @@ def test_ruler_reliability_separates_real_spread_from_training_noise(benchmark):
     apart = benchmark.ruler_reliability([[0.50, 0.52, 0.48], [0.70, 0.72, 0.68], [0.90, 0.92, 0.88]])
     assert apart["noise"] == pytest.approx(0.02) and apart["spread"] == pytest.approx(0.2)
     assert apart["reliability"] == pytest.approx(1 - 0.02**2 / 3 / 0.2**2) and apart["seeds_for_target"] == 1
+    assert 0.95 < apart["tau_ceiling"] < 1  # the ruler is nearly the truth: a perfect ranker scores nearly 1
     # three networks alike in truth: their means differ by less than the noise over 3 seeds predicts
     alike = benchmark.ruler_reliability([[0.70, 0.74, 0.66], [0.72, 0.68, 0.70], [0.66, 0.74, 0.71]])
     assert alike["true_spread"] == 0 and alike["reliability"] == 0 and alike["seeds_for_target"] is None
+    assert alike["tau_ceiling"] == 0  # the ruler is all training luck: no ranker can show it ranks
     # a real spread of 0.01 under a noise of 0.03: reliability 0.25 at 3 seeds, 0.8 takes 36
     high = 0.70 + 0.02 * math.sqrt(2)  # means 0.0283 apart: a spread of 0.02 = sqrt(0.01 ** 2 + 0.03 ** 2 / 3)
     noisy = benchmark.ruler_reliability([[0.67, 0.70, 0.73], [high - 0.03, high, high + 0.03]])
     assert noisy["noise"] == pytest.approx(0.03) and noisy["true_spread"] == pytest.approx(0.01)
     assert noisy["reliability"] == pytest.approx(0.25) and noisy["seeds_for_target"] == 36
+    # correlation of truth and ruler sqrt(0.25) = 0.5, so a perfect ranker's tau is 2/pi * asin(0.5) = 1/3
+    assert noisy["tau_ceiling"] == pytest.approx(1 / 3)
 
 
 def _made_up_parts(ops: int) -> dict:
