@@ -1089,7 +1089,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max_epochs", type=int, default=None, help="stand-alone training budget (default: the profile's)"
     )
-    parser.add_argument("--quick", action="store_true", help="S=2, N=4, M=3, T=2: a check that it all runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="S=2, N=4, M=3 (a variant: 0), T=2: a check that it all runs"
+    )
     parser.add_argument("--no_reuse", action="store_true", help="re-run every part")
     return parser
 
@@ -1099,9 +1101,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     option where a value cannot work, before any work."""
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.random, args.ops, args.training_seeds = 2, 4, 3, 2
+        args.seeds, args.random, args.training_seeds = 2, 4, 2
     if args.ops is None:
-        args.ops = 0 if args.search_layers.strip() else 6
+        args.ops = 0 if args.search_layers.strip() else 3 if args.quick else 6
     if args.heldout is None:
         args.heldout = 0 if args.dataset_dir is not None else 4 if args.quick else 20
     if args.seeds < 1 or args.random < 2 or 0 < args.ops < 2 or args.training_seeds < 2 or args.heldout < 0:

@@ -149,6 +149,34 @@ def test_quick_benchmark_other_training_budget_reuses_the_searches(quick_report)
     assert (work_dir / "searched_vs_random_e3.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores; the variant 8 more
+def test_quick_search_variant_shares_the_random_architectures_and_trains_only_what_it_finds(quick_report, tmp_path):
+    """--search_layers: a search variant runs its own searches and trains what depends on them (its searched
+    networks, MONAI's networks at their wall time), reuses the random architectures' and C2FNAS-Panc's trainings,
+    draws no op assignments, and leaves the search as configured's report alone."""
+    work_dir, report, _, args = quick_report
+    layer = tmp_path / "longer_clusters.json"
+    layer.write_text(json.dumps({"cluster_iterations": 4}))  # the tiny profile's 3, +1
+    before = (work_dir / "search_quality.json").read_text()
+    done = launch([*args, "--search_layers", layer], ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    other = json.loads((work_dir / "search_quality@longer_clusters.json").read_text())
+    shared = {f"train_{n}_seed{t}" for n in (*(f"random{i:02d}" for i in range(4)), "panc") for t in (0, 1)}
+    assert set(other["reused_parts"]) == shared
+    own = {f"search@longer_clusters_seed{s}" for s in (0, 1)} | {"fitness@longer_clusters", "proxies@longer_clusters"}
+    own |= {"calibration@longer_clusters"}
+    own |= {
+        f"train_{n}@longer_clusters_seed{t}" for n in ("searched0", "searched1", "unet", "segresnet") for t in (0, 1)
+    }
+    assert set(other["parts_ran_on"]) == shared | own
+    assert other["settings"]["ops"] == 0 and not any(n.startswith("ops") for n in other["architectures"])
+    assert other["search"]["0"]["arch"]["provenance"]["topology_provenance"]["cluster_iterations"] == 4
+    assert other["figures"]["targets"]["fine_kendall_tau_ge_0.5"]["met"] is None
+    assert "not measured in this run" in done.stdout
+    assert (work_dir / "search_quality.json").read_text() == before
+    assert (work_dir / "searched_vs_random@longer_clusters.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_ruler_reliability_separates_real_spread_from_training_noise(benchmark):
     """The part of the spread among seed means that is real: 1 where networks differ far beyond their seeds' noise,
     0 where the means spread no more than the noise over T seeds predicts; the seeds needed grow with the noise."""
@@ -213,6 +241,10 @@ def test_a_search_variant_runs_no_op_assignments_and_reports_the_fine_stage_as_n
     assert benchmark.parse_args(parser, ["--task", "tubes"]).ops == 6
     assert benchmark.parse_args(parser, variant).ops == 0
     assert benchmark.parse_args(parser, [*variant, "--ops", "4"]).ops == 4
+    assert (benchmark.parse_args(parser, ["--quick"]).ops, benchmark.parse_args(parser, ["--quick", *variant]).ops) == (
+        3,
+        0,
+    )
     with pytest.raises(SystemExit):
         benchmark.parse_args(parser, ["--task", "tubes", "--ops", "1"])  # one point ranks nothing
     assert "--ops 0 or >= 2" in capsys.readouterr().err
