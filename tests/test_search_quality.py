@@ -241,10 +241,8 @@ def test_a_search_variant_runs_no_op_assignments_and_reports_the_fine_stage_as_n
     assert benchmark.parse_args(parser, ["--task", "tubes"]).ops == 6
     assert benchmark.parse_args(parser, variant).ops == 0
     assert benchmark.parse_args(parser, [*variant, "--ops", "4"]).ops == 4
-    assert (benchmark.parse_args(parser, ["--quick"]).ops, benchmark.parse_args(parser, ["--quick", *variant]).ops) == (
-        3,
-        0,
-    )
+    assert benchmark.parse_args(parser, ["--quick"]).ops == 3
+    assert benchmark.parse_args(parser, ["--quick", *variant]).ops == 0
     with pytest.raises(SystemExit):
         benchmark.parse_args(parser, ["--task", "tubes", "--ops", "1"])  # one point ranks nothing
     assert "--ops 0 or >= 2" in capsys.readouterr().err
