@@ -24,10 +24,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")  # 2 CPU processes
 
 
-def launch(args, cwd, torchrun=False, wait=True, timeout=900):
+def launch(args, cwd, torchrun=False, wait=True, timeout=900, pause_saves=None):
     """``python ARGS`` (or the same under torchrun with 2 CPU processes, gloo) in a fresh process from ``cwd``, without
     PYTHONPATH (the bundle and the project must find their own code). With ``wait`` returns the finished
-    ``CompletedProcess``; otherwise the running ``Popen`` in its own session (stderr piped, for ``run_or_kill``).
+    ``CompletedProcess``; otherwise the running ``Popen`` in its own session (stderr piped, for ``run_or_kill``),
+    which, with ``pause_saves=FILE``, pauses before each new ``FILE`` is put in place (``save_pause/sitecustomize.py``).
     A ``-m monai.bundle`` run that waits is forked from the warm interpreter (``warm_python.py``) unless
     ``warm_enabled`` says no."""
     args = [str(a) for a in args]
@@ -36,9 +37,20 @@ def launch(args, cwd, torchrun=False, wait=True, timeout=900):
     if torchrun:
         env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
     if not wait:
-        return subprocess.Popen(
+        marker = None
+        if pause_saves is not None:
+            marker = Path(tempfile.mkdtemp(prefix="c2fnas_pause_")) / "paused"
+            env.update(
+                PYTHONPATH=str(Path(__file__).resolve().parent / "save_pause"),  # the hook alone, not the project
+                C2FNAS_TEST_PAUSE_SAVES=os.path.realpath(pause_saves),
+                C2FNAS_TEST_PAUSE_MARKER=str(marker),
+            )
+        process = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
+        process.pause_marker = marker
+        return process
+    assert pause_saves is None, "pause_saves is for a process run_or_kill watches (wait=False)"
     if not torchrun and args[:2] == ["-m", "monai.bundle"] and warm_enabled():
         return _WARM.run(argv, args[1], args[2:], cwd, env, timeout)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -136,13 +148,14 @@ _WARM = _WarmInterpreter()
 atexit.register(_WARM.stop)
 
 
-def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True, check=True):
+def monai_bundle(command, *args, cwd, overrides=None, torchrun=False, wait=True, check=True, pause_saves=None):
     """``python -m monai.bundle COMMAND ARGS --key value ...`` through ``launch``. With ``check`` asserts success and
-    returns stdout + stderr; otherwise returns ``(returncode, stdout, stderr)`` (or the ``Popen`` without ``wait``)."""
+    returns stdout + stderr; otherwise returns ``(returncode, stdout, stderr)`` (or the ``Popen`` without ``wait``,
+    ``pause_saves`` as ``launch``)."""
     from scripts import stage_chain  # the bundle's package (pytest puts bundle/ on the path; not `python helpers.py`)
 
     argv = ["-m", "monai.bundle", command, *map(str, args), *stage_chain.override_args(overrides or {})]
-    done = launch(argv, cwd, torchrun=torchrun, wait=wait)
+    done = launch(argv, cwd, torchrun=torchrun, wait=wait, pause_saves=pause_saves)
     if not wait:
         return done
     if check:
@@ -214,24 +227,36 @@ def http_server(directory):
 
 
 def run_or_kill(process, state_file, kill_when=None, timeout=600):
-    """Wait for ``process`` (started with ``start_new_session=True``). If ``kill_when(state)`` becomes true for the
-    state saved in ``state_file`` first, SIGKILL its whole process group and return False; otherwise assert it
-    exited 0 and return True."""
-    import signal
-
+    """Wait for ``process``, started by ``launch(..., wait=False, pause_saves=state_file)``. Each time it is about to
+    put a new ``state_file`` in place it pauses; if the state still on disk satisfies ``kill_when(state)``, SIGKILL its
+    whole process group there and return False (the disk keeps that state; the newer one, written, is left as a
+    temporary file and the work since that state is lost). Otherwise let it go on; assert it exited 0 and return True.
+    The pause makes the kill point the same on every machine."""
     import torch
 
+    marker = process.pause_marker
+    assert marker is not None, "launch the process with pause_saves=state_file"
     deadline = time.time() + timeout
-    while process.poll() is None and time.time() < deadline:
-        if kill_when is not None and Path(state_file).exists():
-            if kill_when(torch.load(state_file, weights_only=True)):
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return False
-        time.sleep(0.05)
-    error = process.stderr.read().decode()[-3000:] if process.stderr else ""
-    assert process.wait(timeout=60) == 0, error
-    return True
+    try:
+        while process.poll() is None and time.time() < deadline:
+            if marker.exists():
+                if kill_when is not None and Path(state_file).exists():
+                    if kill_when(torch.load(state_file, weights_only=True)):
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
+                        return False
+                marker.unlink()
+            time.sleep(0.01)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise AssertionError(f"still running after {timeout} s")
+        error = process.stderr.read().decode()[-3000:] if process.stderr else ""
+        assert process.wait(timeout=60) == 0, error
+        return True
+    finally:
+        marker.unlink(missing_ok=True)
+        marker.parent.rmdir()
 
 
 def rods_case(seed: int, shape=(16, 16, 64), rods: int = 3, radius2: int = 3, noise: float = 0.1) -> dict:

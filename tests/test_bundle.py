@@ -242,7 +242,7 @@ def test_training_resumes_after_sigkill(dataset, tmp_path):
     out = tmp_path / "outputs"
     overrides = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 5, "val_interval": 2}
     state_file = out / "models" / "training_state.pt"
-    process = bundle_run(["train.json"], tmp_path, overrides, wait=False)
+    process = bundle_run(["train.json"], tmp_path, overrides, wait=False, pause_saves=state_file)
 
     def after_two_epochs(state):
         return state["trainer"]["iteration"] >= 2 * state["trainer"]["epoch_length"]

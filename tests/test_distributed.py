@@ -117,10 +117,11 @@ def test_ddp_evaluation_equals_single_process(dataset, tmp_path):
 
 def _torchrun_search(out, kill_when=None):
     """The small coarse search of helpers.py under torchrun (2 ranks); with ``kill_when(progress)`` the whole
-    process group gets SIGKILL once the saved state satisfies it. Returns whether it ran to the end."""
-    process = launch([TESTS / "helpers.py", "coarse", out], TESTS, torchrun=True, wait=False)
-    progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
-    return run_or_kill(process, Path(out) / "search_coarse_state.pt", progress_when)
+    process group gets SIGKILL at its first save after a state that satisfies it. Returns whether it ran to the end."""
+    state = Path(out) / "search_coarse_state.pt"
+    process = launch([TESTS / "helpers.py", "coarse", out], TESTS, torchrun=True, wait=False, pause_saves=state)
+    progress_when = None if kill_when is None else (lambda saved: kill_when(saved["progress"]))
+    return run_or_kill(process, state, progress_when)
 
 
 def test_search_resumes_under_torchrun_after_sigkill(tmp_path):

@@ -174,7 +174,7 @@ def test_training_killed_and_resumed_with_a_longer_schedule_is_refused(dataset, 
     out = tmp_path / "out"
     settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 3, "val_interval": 1}
     state_file = out / "models" / "training_state.pt"
-    process = bundle_run(["train.json"], tmp_path, settings, wait=False)
+    process = bundle_run(["train.json"], tmp_path, settings, wait=False, pause_saves=state_file)
     assert not run_or_kill(process, state_file, lambda s: s["trainer"]["iteration"] >= s["trainer"]["epoch_length"])
     code, _, stderr = bundle_run(["train.json"], tmp_path, {**settings, "max_epochs": 6}, check=False)
     last = _last_line(stderr)

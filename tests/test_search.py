@@ -258,10 +258,12 @@ def test_finished_search_whose_result_was_deleted_is_refused(tmp_path, stage):
 
 
 def _run(stage, out, kill_when=None, topology=None):
-    """Run helpers.py as a real subprocess; with ``kill_when(state)`` SIGKILL it once the saved state satisfies it."""
-    process = launch([TESTS / "helpers.py", stage, out] + ([topology] if topology else []), TESTS, wait=False)
-    progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
+    """Run helpers.py as a real subprocess; with ``kill_when(progress)`` SIGKILL it at its first save after a saved
+    state whose progress satisfies it (``run_or_kill``)."""
     state = Path(out) / f"search_{stage.split('_')[0]}_state.pt"  # coarse_finalists: the coarse stage's
+    args = [TESTS / "helpers.py", stage, out] + ([topology] if topology else [])
+    process = launch(args, TESTS, wait=False, pause_saves=state)
+    progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
     return run_or_kill(process, state, progress_when, timeout=300)
 
 
@@ -270,6 +272,9 @@ def test_coarse_search_resumes_after_sigkill(tmp_path):
     assert _run("coarse", reference)
     # killed mid-training of cluster 1, then during evolution, then let finish
     assert not _run("coarse", killed, kill_when=lambda p: p["cluster"] == 1 and p["iteration"] >= 5)
+    saved = torch.load(killed / "search_coarse_state.pt", weights_only=True)["progress"]
+    assert (saved["cluster"], saved["iteration"]) == (1, 5), "killed at the save after iteration 5 of cluster 1"
+    assert list(killed.glob(".search_coarse_state.pt.*.tmp")), "the newer state written but not in place"
     assert not _run("coarse", killed, kill_when=lambda p: p["evolution"] and len(p["evolution"]["history"]) >= 2)
     assert _run("coarse", killed)
     expected = json.loads((reference / "search_coarse_history.json").read_text())
