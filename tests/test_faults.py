@@ -23,22 +23,25 @@ def _last_line(stderr):
 def test_second_run_into_a_busy_output_dir_fails_at_once(dataset, tmp_path):
     """A training holds ``output_dir``; a second one into it stops at once naming the holder; once the first has
     ended, the directory is free again."""
+    from helpers import run_or_kill
+
     out = tmp_path / "out"
-    settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 6, "val_interval": 6}
-    first = bundle_run(["train.json"], tmp_path, settings, wait=False)
+    settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 2, "val_interval": 2}
+    state_file = out / "models" / "training_state.pt"  # the first training pauses before saving it: still running
+    first = bundle_run(["train.json"], tmp_path, settings, wait=False, pause_saves=state_file)
     lock = out / ".c2fnas.lock"
-    for _ in range(600):
-        if lock.exists() or first.poll() is not None:
+    for _ in range(6000):
+        if first.pause_marker.exists() or first.poll() is not None:
             break
         time.sleep(0.1)
-    assert lock.exists(), "the first training holds the lock"
+    assert first.pause_marker.exists() and lock.exists(), "the first training, paused, holds the lock"
     holder = json.loads(lock.read_text())
     start = time.perf_counter()
     code, _, stderr = bundle_run(["train.json"], tmp_path, settings, check=False)
     assert code != 0 and time.perf_counter() - start < 60
     last = _last_line(stderr)
     assert last.startswith(f"OutputBusyError: {out}: in use by pid {holder['pid']}"), last
-    assert first.wait(timeout=600) == 0, first.stderr.read().decode()[-3000:]
+    assert run_or_kill(first, state_file), "the first training goes on to its end"
     assert not lock.exists(), "released when the holder ends"
     bundle_run(["train.json", "evaluate.json"], tmp_path, {**settings, "ckpt_file": str(out / "models" / "model.pt")})
 
