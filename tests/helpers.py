@@ -48,7 +48,7 @@ def launch(args, cwd, torchrun=False, wait=True, timeout=900, pause_saves=None):
         process = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
-        process.pause_marker = marker
+        process.pause_marker, process.paused_file = marker, None if pause_saves is None else Path(pause_saves)
         return process
     assert pause_saves is None, "pause_saves is for a process run_or_kill watches (wait=False)"
     if not torchrun and args[:2] == ["-m", "monai.bundle"] and warm_enabled():
@@ -226,21 +226,21 @@ def http_server(directory):
         server.wait()
 
 
-def run_or_kill(process, state_file, kill_when=None, timeout=600):
-    """Wait for ``process``, started by ``launch(..., wait=False, pause_saves=state_file)``. Each time it is about to
-    put a new ``state_file`` in place it pauses; if the state still on disk satisfies ``kill_when(state)``, SIGKILL its
+def run_or_kill(process, kill_when=None, timeout=600):
+    """Wait for ``process``, started by ``launch(..., wait=False, pause_saves=STATE_FILE)``. Each time it is about to
+    put a new STATE_FILE in place it pauses; if the state still on disk satisfies ``kill_when(state)``, SIGKILL its
     whole process group there and return False (the disk keeps that state; the newer one, written, is left as a
     temporary file and the work since that state is lost). Otherwise let it go on; assert it exited 0 and return True.
     The pause makes the kill point the same on every machine."""
     import torch
 
-    marker = process.pause_marker
-    assert marker is not None, "launch the process with pause_saves=state_file"
+    marker, state_file = process.pause_marker, process.paused_file
+    assert marker is not None, "launch the process with pause_saves=STATE_FILE"
     deadline = time.time() + timeout
     try:
         while process.poll() is None and time.time() < deadline:
             if marker.exists():
-                if kill_when is not None and Path(state_file).exists():
+                if kill_when is not None and state_file.exists():
                     if kill_when(torch.load(state_file, weights_only=True)):
                         os.killpg(process.pid, signal.SIGKILL)
                         process.wait()

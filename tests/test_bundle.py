@@ -247,7 +247,7 @@ def test_training_resumes_after_sigkill(dataset, tmp_path):
     def after_two_epochs(state):
         return state["trainer"]["iteration"] >= 2 * state["trainer"]["epoch_length"]
 
-    assert not run_or_kill(process, state_file, after_two_epochs), "killed during training"
+    assert not run_or_kill(process, after_two_epochs), "killed during training"
     killed_at = torch.load(state_file, weights_only=True)
     epoch = killed_at["trainer"]["iteration"] // killed_at["trainer"]["epoch_length"]
     assert epoch < killed_at["trainer"]["max_epochs"]  # not finished

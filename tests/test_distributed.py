@@ -121,7 +121,7 @@ def _torchrun_search(out, kill_when=None):
     state = Path(out) / "search_coarse_state.pt"
     process = launch([TESTS / "helpers.py", "coarse", out], TESTS, torchrun=True, wait=False, pause_saves=state)
     progress_when = None if kill_when is None else (lambda saved: kill_when(saved["progress"]))
-    return run_or_kill(process, state, progress_when)
+    return run_or_kill(process, progress_when)
 
 
 def test_search_resumes_under_torchrun_after_sigkill(tmp_path):

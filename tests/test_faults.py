@@ -41,7 +41,7 @@ def test_second_run_into_a_busy_output_dir_fails_at_once(dataset, tmp_path):
     assert code != 0 and time.perf_counter() - start < 60
     last = _last_line(stderr)
     assert last.startswith(f"OutputBusyError: {out}: in use by pid {holder['pid']}"), last
-    assert run_or_kill(first, state_file), "the first training goes on to its end"
+    assert run_or_kill(first), "the first training goes on to its end"
     assert not lock.exists(), "released when the holder ends"
     bundle_run(["train.json", "evaluate.json"], tmp_path, {**settings, "ckpt_file": str(out / "models" / "model.pt")})
 
@@ -178,7 +178,7 @@ def test_training_killed_and_resumed_with_a_longer_schedule_is_refused(dataset, 
     settings = {"dataset_dir": str(dataset), "output_dir": str(out), "max_epochs": 3, "val_interval": 1}
     state_file = out / "models" / "training_state.pt"
     process = bundle_run(["train.json"], tmp_path, settings, wait=False, pause_saves=state_file)
-    assert not run_or_kill(process, state_file, lambda s: s["trainer"]["iteration"] >= s["trainer"]["epoch_length"])
+    assert not run_or_kill(process, lambda s: s["trainer"]["iteration"] >= s["trainer"]["epoch_length"])
     code, _, stderr = bundle_run(["train.json"], tmp_path, {**settings, "max_epochs": 6}, check=False)
     last = _last_line(stderr)
     assert code != 0 and "a training stopped at epoch" in last and "max_epochs 3 -> 6" in last, last

@@ -263,8 +263,8 @@ def _run(stage, out, kill_when=None, topology=None):
     state = Path(out) / f"search_{stage.split('_')[0]}_state.pt"  # coarse_finalists: the coarse stage's
     args = [TESTS / "helpers.py", stage, out] + ([topology] if topology else [])
     process = launch(args, TESTS, wait=False, pause_saves=state)
-    progress_when = None if kill_when is None else (lambda state: kill_when(state["progress"]))
-    return run_or_kill(process, state, progress_when, timeout=300)
+    progress_when = None if kill_when is None else (lambda saved: kill_when(saved["progress"]))
+    return run_or_kill(process, progress_when, timeout=300)
 
 
 def test_coarse_search_resumes_after_sigkill(tmp_path):
