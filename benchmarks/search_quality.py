@@ -194,6 +194,8 @@ class Bench:
         # trainings are also scored on these never-seen cases when set (``train_part``): (folder, what makes them)
         self.heldout: Optional[tuple] = None
         self.reproduced: Dict[str, Optional[str]] = {}  # group -> the part that reproduced its record, or None
+        self.twins: List[str] = []  # trainings recorded from another name's record with the same inputs (``part``)
+        self._names_by_key: Optional[Dict[str, str]] = None  # record key -> part name, read once (``twin``)
 
     def use_search_layers(self, layers: Sequence[Path]) -> None:
         """Merge ``layers`` after the profile in every stage and name the parts that depend on the search after them
@@ -265,6 +267,19 @@ class Bench:
         key = self.key(self.with_context(inputs))
         return self.reuse and record_file.exists() and json.loads(record_file.read_text()).get("key") == key
 
+    def twin(self, name: str, key: str) -> Optional[str]:
+        """The part recorded under another name with the same ``key`` (the same inputs: a search variant that finds
+        the architecture the search as configured found, trained with the same seed), or None."""
+        if self._names_by_key is None:
+            self._names_by_key = {}
+            for path in sorted(self.records_dir.glob("*.json")) if self.records_dir.is_dir() else ():
+                record = json.loads(path.read_text())
+                record_key = record.get("key") if isinstance(record, dict) else None
+                if record_key is not None:
+                    self._names_by_key.setdefault(record_key, path.stem)
+        found = self._names_by_key.get(key)
+        return found if found != name else None
+
     def part(
         self,
         name: str,
@@ -286,7 +301,11 @@ class Bench:
         that training computes. The others are then re-keyed without running, each noting the reproduction
         (``carried_over``). If the reproduction differs, every part of the group runs again. ``same(old, new)``
         decides what reproduces (default: every Dice, ``_same_dice``; a search: ``_same_search``). ``force`` runs the
-        part even where its record holds (to remake its run folder: a search's supernets)."""
+        part even where its record holds (to remake its run folder: a search's supernets).
+
+        A training (a part with a ``group``) with no record of its own whose inputs equal another record's is that
+        record's computation: its record is written from that one, naming it (``same_inputs_as``), and nothing
+        runs."""
         inputs = self.with_context(inputs)
         key = self.key(inputs)
         record_file = self.records_dir / f"{name}.json"
@@ -300,6 +319,15 @@ class Bench:
                 return record["result"]
             if group is not None and _differs_only_in(record.get("inputs", {}), inputs, CARRIED):
                 stale = record
+        twin = self.twin(name, key) if self.reuse and not force and group is not None else None
+        if twin is not None:
+            record = json.loads((self.records_dir / f"{twin}.json").read_text())
+            ran_on = {k: record.get(k) for k in ("machine", "finished")}
+            twin_record = {"key": key, "inputs": inputs, "result": record["result"], **ran_on, "same_inputs_as": twin}
+            atomic_json(record_file, twin_record)
+            self.twins.append(name)
+            self.ran_on[name] = ran_on
+            return record["result"]
         if stale is not None and self.reproduced.get(group):
             previous = {k: _short(stale["inputs"].get(k)) for k in CARRIED}
             carried = {"from": previous, "verified_by": self.reproduced[group]}
@@ -324,6 +352,8 @@ class Bench:
             self.reproduced[group] = name if reproduced else None
             record["reproduces_previous_record"] = reproduced
         atomic_json(record_file, record)
+        if self._names_by_key is not None:
+            self._names_by_key.setdefault(key, name)
         return result
 
 
@@ -1220,6 +1250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         },
         "reused_parts": bench.reused,
         "carried_parts": bench.carried,
+        "twin_parts": bench.twins,
         "parts_ran_on": bench.ran_on,
     }
     report["figures"] = analyse(found, args)
@@ -1305,7 +1336,8 @@ def print_report(report: Dict[str, Any]) -> None:
     print(
         f"\nwall time: search {w['search']:.0f} s, fitness {w['fitness']:.0f} s, training {w['train']:.0f} s, "
         f"in all {w['search'] + w['fitness'] + w['train']:.0f} s; this run {w['this_run']:.0f} s "
-        f"(reused parts: {len(report['reused_parts'])})"
+        f"(reused parts: {len(report['reused_parts'])}; trainings recorded from another part with the same inputs: "
+        f"{', '.join(report.get('twin_parts', [])) or 'none'})"
     )
     machines: Dict[str, int] = {}
     for ran in report.get("parts_ran_on", {}).values():

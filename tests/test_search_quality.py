@@ -444,3 +444,31 @@ def test_search_layers_may_change_only_the_search(tmp_path):
     done = launch(args, ROOT, timeout=300)
     assert done.returncode == 2 and "changes the training, not only the search" in done.stderr
     assert not (tmp_path / "work" / "runs").exists()
+
+
+def test_a_training_with_the_inputs_of_another_record_reuses_it(benchmark, tmp_path):
+    """A training recorded under another name with exactly the same inputs (a search variant finding the network the
+    search as configured found) is not run again: its record names the twin. Other inputs, or a part that is not a
+    training, run."""
+    ran = []
+
+    def run(folder, value=0.7):
+        ran.append(folder.name)
+        return {"dice": value, "per_class": {"organ": value}, "wall_s": 1.0}
+
+    inputs = {"code": "c", "configs": {"train": {"lr": 0.1}}, "arch": {"levels": [1, 2]}, "seed": 0}
+    bench = benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records")
+    bench.part("train_searched1_seed0", inputs, run, group="train_searched1")
+    assert bench.part("train_searched1@v_seed0", inputs, run, group="train_searched1@v")["dice"] == 0.7
+    assert ran == ["train_searched1_seed0"] and bench.twins == ["train_searched1@v_seed0"]
+    record = json.loads((tmp_path / "records" / "train_searched1@v_seed0.json").read_text())
+    original = json.loads((tmp_path / "records" / "train_searched1_seed0.json").read_text())
+    assert record["same_inputs_as"] == "train_searched1_seed0" and record["key"] == original["key"]
+    assert record["machine"] == original["machine"] and record["finished"] == original["finished"]
+
+    again = benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=tmp_path / "records")
+    again.part("train_searched1@v_seed0", inputs, lambda folder: pytest.fail("ran"), group="train_searched1@v")
+    assert again.reused == ["train_searched1@v_seed0"], "the twin's record is then its own"
+    again.part("train_searched0@v_seed0", {**inputs, "seed": 1}, run, group="train_searched0@v")
+    again.part("search@v_seed0", inputs, run)  # a search keeps its own run folder (supernets): no twin
+    assert ran[1:] == ["train_searched0@v_seed0", "search@v_seed0"]
