@@ -52,10 +52,11 @@ def load_report(path: Path) -> Dict[str, Any]:
     return {**report["figures"], "settings": report["settings"], "file": str(path)}
 
 
-def target_results(figures: Dict[str, Any]) -> Dict[str, bool]:
-    """``TARGETS`` name -> met, the coarse τ against the proxies recomputed from the report's correlations."""
+def target_results(figures: Dict[str, Any]) -> Dict[str, Optional[bool]]:
+    """``TARGETS`` name -> met (None: not judged, e.g. the moonshot where a reference's training time was off), the
+    coarse τ against the proxies recomputed from the report's correlations."""
     targets = figures["targets"]
-    met = {name: bool(targets[name]["met"]) for name in TARGETS if name in targets}
+    met = {name: targets[name]["met"] for name in TARGETS if name in targets}  # None: not judged in that run
     coarse_tau = targets["coarse_kendall_tau_ge_0.4"]["value"]
     proxies = [
         c["kendall_tau"] for c in figures["proxy_correlation"]["coarse"].values() if c["kendall_tau"] is not None
@@ -132,7 +133,7 @@ def comparison(folders: Sequence[Path], variant: str, search_limit_s: float, few
 
 def print_comparison(report: Dict[str, Any]) -> None:
     """A Markdown table per task, then the verdict."""
-    word = {True: "met", False: "missed"}
+    word = {True: "met", False: "missed", None: "not judged"}
     for task in report["tasks"]:
         sides = task["searched"]["configured"], task["searched"]["variant"]
         floors = " / ".join(f"{task['noise_floor'][side]:.4f}" for side in ("configured", "variant"))
