@@ -617,7 +617,6 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
 CALIBRATION_EPOCHS, CALIBRATION_INTERVAL = 6, 3  # epochs 2, 4 and 5 are training alone; 3 and 6 also validate
 # a reference (MONAI's networks) trained within this fraction of the searched network's wall time counts as equal time
 EQUAL_TIME_TOLERANCE = 0.10
-EQUAL_TIME_PROBES = 3  # seed-0 trainings of a reference to reach it: the calibrated budget, then up to 2 corrections
 CALIBRATION_STEPS = 40  # optimizer steps per calibration epoch (a profile's epoch may be 10 steps: too short to time)
 _EPOCH_LINE = re.compile(
     r"(SupervisedTrainer|SupervisedEvaluator) - INFO - (Epoch\[(\d+)\] Complete|Engine run finished)\. "
@@ -626,17 +625,19 @@ _EPOCH_LINE = re.compile(
 
 
 def epoch_seconds(log: Path) -> Dict[str, float]:
-    """``{"epoch": s, "validation": s}`` from a short ``train.json`` run's ignite log: the median training epoch
-    without a validation (the first left out: warm-up) and the median validation run."""
+    """``{"epoch": s, "validation": s}`` from a ``train.json`` run's ignite log: the median training epoch without
+    a validation (the first left out: warm-up; an epoch that validated has the evaluator's line too) and the median
+    validation run."""
     epochs: Dict[int, float] = {}
-    validations: List[float] = []
+    validated, validations = set(), []
     for engine, what, epoch, h, m, sec in _EPOCH_LINE.findall(log.read_text()):
         seconds = int(h) * 3600 + int(m) * 60 + float(sec)
-        if engine == "SupervisedEvaluator" and what.startswith("Engine"):
-            validations.append(seconds)
-        elif engine == "SupervisedTrainer" and what.startswith("Epoch"):
+        if engine == "SupervisedEvaluator":
+            validations += [seconds] if what.startswith("Engine") else []
+            validated |= {int(epoch)} if epoch else set()
+        elif what.startswith("Epoch"):
             epochs[int(epoch)] = seconds
-    plain = [t for k, t in epochs.items() if k > 1 and k % CALIBRATION_INTERVAL]
+    plain = [t for k, t in epochs.items() if k > 1 and k not in validated]
     if not plain or not validations:
         raise RuntimeError(f"{log}: no training epoch or validation time found in the ignite log")
     return {"epoch": statistics.median(plain), "validation": statistics.median(validations)}
@@ -661,18 +662,6 @@ def equal_time_budget(budget: Dict[str, int], epochs: float) -> Dict[str, int]:
         for off in [abs(every * v - epochs) > 0.02 * epochs]
     )
     return {"max_epochs": best[3] * best[4], "val_interval": best[3]}
-
-
-def next_epochs(probes: List[tuple], target_s: float) -> float:
-    """The epochs expected to train in ``target_s`` from the ``(epochs, wall_s)`` probes so far: proportional from
-    one probe, else the line through the last two (startup and evaluation are a fixed cost); proportional again
-    where noise makes that line not rise."""
-    (n1, t1), previous = probes[-1], probes[-2] if len(probes) > 1 else None
-    if previous is not None and n1 != previous[0]:
-        per_epoch = (t1 - previous[1]) / (n1 - previous[0])
-        if per_epoch > 0:
-            return n1 + (target_s - t1) / per_epoch
-    return n1 * target_s / t1
 
 
 def calibration_part(bench: Bench, searched: dict) -> Dict[str, Any]:
@@ -1241,27 +1230,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     networks: Dict[str, tuple] = {n: (a, [], {}) for n, a in archs.items()}  # name -> (arch, extra, budget)
     networks["panc"] = (None, [], {})  # the configs' default architecture
     # equal time as measured: seed 0 of the searched network, then of each reference at the calibrated budget; a
-    # reference whose training took more than EQUAL_TIME_TOLERANCE more or less time is probed again at corrected
-    # epochs (the last probe's budget stands; a probe at the final budget is that network's seed 0)
+    # reference whose training took more than EQUAL_TIME_TOLERANCE more or less time gets its epochs scaled once by
+    # the ratio (not more: this machine's speed drifts between runs by 10-20 %, so a second probe chases noise)
     searched = f"searched0{bench.variant}_seed0"
     target_s = step(f"train {searched}", lambda: train_part(bench, searched, archs["searched0"], 0))["wall_s"]
     for name in BASELINES:
         epochs = found["baseline_epochs"][name]
         budget = {"max_epochs": epochs["max_epochs"], "val_interval": epochs["val_interval"]}
         extra = [baseline_config(bench, name)]
-        epochs["probes"] = []
-        for k in range(EQUAL_TIME_PROBES):
-            probe = f"{name}{bench.variant}_{'calibrated' if k == 0 else f'probe{k}'}_seed0"
-            wall_s = step(f"train {probe}", lambda: train_part(bench, probe, None, 0, extra, **budget))["wall_s"]
-            epochs["probes"].append({**budget, "wall_ratio": wall_s / target_s})
-            if abs(wall_s / target_s - 1) <= EQUAL_TIME_TOLERANCE:
-                break
-            if k + 1 < EQUAL_TIME_PROBES:
-                points = [(p["max_epochs"], p["wall_ratio"] * target_s) for p in epochs["probes"]]
-                budget = equal_time_budget(budget, next_epochs(points, target_s))
-        budget = {k: budget[k] for k in ("max_epochs", "val_interval")}
-        epochs["measured_wall_ratio"] = epochs["probes"][0]["wall_ratio"]
-        if budget["max_epochs"] != epochs["max_epochs"]:
+        probe = f"{name}{bench.variant}_calibrated_seed0"
+        wall_s = step(f"train {probe}", lambda: train_part(bench, probe, None, 0, extra, **budget))["wall_s"]
+        epochs["measured_wall_ratio"] = wall_s / target_s
+        if abs(wall_s / target_s - 1) > EQUAL_TIME_TOLERANCE:
+            budget = equal_time_budget(budget, budget["max_epochs"] * target_s / wall_s)
             epochs["corrected"] = budget
         networks[name] = (None, extra, budget)
     found["networks"] = list(networks)

@@ -330,12 +330,19 @@ def test_equal_time_budget_keeps_the_validations_where_it_can(benchmark):
     }
 
 
-def test_next_epochs_is_proportional_then_follows_the_measured_line(benchmark):
-    """One probe: epochs in proportion to the time; two: the line through them, so a fixed cost (startup,
-    evaluation) is not scaled; a line that does not rise (noise) falls back to proportion."""
-    assert benchmark.next_epochs([(100, 80.0)], 100.0) == pytest.approx(125)
-    assert benchmark.next_epochs([(100, 80.0), (125, 95.0)], 100.0) == pytest.approx(125 + 5 / 0.6)
-    assert benchmark.next_epochs([(100, 80.0), (125, 79.0)], 100.0) == pytest.approx(125 * 100 / 79)
+def test_epoch_seconds_leaves_out_the_epochs_that_validated(benchmark, tmp_path):
+    """The median epoch of a train.json ignite log counts only epochs without a validation (the evaluator logged
+    none for them) after the first, whatever the interval; validations are timed by the evaluator's runs."""
+    line = "2026-12-06 10:00:00,000 - ignite.engine.engine.{} - INFO - {}. Time taken: 00:00:{:06.3f}"
+    lines = [line.format("SupervisedTrainer", "Epoch[1] Complete", 9.0)]
+    for epoch in range(2, 8):
+        if epoch % 3 == 0:  # a validating epoch: the evaluator's lines come first, and the trainer's epoch is longer
+            lines += [line.format("SupervisedEvaluator", f"Epoch[{epoch}] Complete", 0.5 + epoch / 100)]
+            lines += [line.format("SupervisedEvaluator", "Engine run finished", 0.5 + epoch / 100)]
+        lines += [line.format("SupervisedTrainer", f"Epoch[{epoch}] Complete", 1.0 + epoch / 10 + (epoch % 3 == 0))]
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(lines))
+    assert benchmark.epoch_seconds(log) == pytest.approx({"epoch": 1.45, "validation": 0.545})  # epochs 2, 4, 5, 7
 
 
 def test_training_parts_do_not_depend_on_search_budgets(benchmark):
