@@ -1233,7 +1233,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # reference whose training took more than EQUAL_TIME_TOLERANCE more or less time gets its epochs scaled once by
     # the ratio (not more: this machine's speed drifts between runs by 10-20 %, so a second probe chases noise)
     searched = f"searched0{bench.variant}_seed0"
-    target_s = step(f"train {searched}", lambda: train_part(bench, searched, archs["searched0"], 0))["wall_s"]
+    trained = {searched: step(f"train {searched}", lambda: train_part(bench, searched, archs["searched0"], 0))}
+    target_s = trained[searched]["wall_s"]
     for name in BASELINES:
         epochs = found["baseline_epochs"][name]
         budget = {"max_epochs": epochs["max_epochs"], "val_interval": epochs["val_interval"]}
@@ -1251,6 +1252,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for t in range(args.training_seeds):
         for name, (arch, extra, budget) in networks.items():
             part = f"{name}{'' if name in shared else bench.variant}_seed{t}"
+            if part in trained:  # seed 0 of the searched network, trained above
+                found["train"][f"{name}_seed{t}"] = trained[part]
+                continue
             found["train"][f"{name}_seed{t}"] = step(
                 f"train {part}", lambda: train_part(bench, part, arch, t, extra, **budget)
             )

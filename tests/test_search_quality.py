@@ -40,7 +40,7 @@ def quick_report(tmp_path_factory):
 
 
 @pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores
-def test_quick_benchmark_reports_every_figure(quick_report):
+def test_quick_benchmark_reports_every_figure(quick_report, benchmark):
     work_dir, report, stdout, _ = quick_report
     assert report["format"] == "c2fnas-search-quality/1" and report["machine"]["cores"] >= 1
     plan = json.loads((work_dir / "runs" / "train_random00_seed0" / "plan.json").read_text())
