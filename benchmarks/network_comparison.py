@@ -22,10 +22,34 @@ import argparse
 import json
 import math
 import statistics
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 LEARNT = 0.5  # a class counts as learnt by a training when its Dice exceeds this (training_reliability reports it)
+
+
+def difference_se(sides: Sequence[Tuple[float, int]]) -> float:
+    """The standard error of the difference of two means of independent samples, ``sides`` being each one's
+    ``(standard deviation, sample size)``: ``sqrt(sd_a² / n_a + sd_b² / n_b)``."""
+    return math.sqrt(sum(sd**2 / n for sd, n in sides))
+
+
+def report_command(
+    tool: str, compute: Callable[[], Dict[str, Any]], show: Callable[[Dict[str, Any]], None], json_file: Optional[Path]
+) -> Dict[str, Any]:
+    """A comparison command's ending: ``compute`` the report (a ``ValueError`` or ``OSError`` becomes one line naming
+    ``tool``, the record or folder, not a traceback), ``show`` it, also write it to ``json_file`` (atomically)."""
+    try:
+        report = compute()
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"{tool}: {error}") from None
+    show(report)
+    if json_file is not None:
+        from networks.fileio import atomic_write_json
+
+        atomic_write_json(json_file, report)
+    return report
 
 
 def learnt_counts(runs: Sequence[Dict[str, Any]]) -> Dict[str, int]:
@@ -71,7 +95,7 @@ def compare(network: Dict[int, Dict[str, Any]], reference: Dict[int, Dict[str, A
     a = [r["dice"] for r in network.values()]
     b = [r["dice"] for r in reference.values()]
     difference = statistics.fmean(a) - statistics.fmean(b)
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    se = difference_se([(statistics.stdev(a), len(a)), (statistics.stdev(b), len(b))])
     paired = [network[s]["dice"] - reference[s]["dice"] for s in sorted(set(network) & set(reference))]
     se_paired = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else None
     verdict = "ahead" if difference > se else "behind" if difference < -se else "tie"
@@ -149,16 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--reference", required=True, help="FOLDER:NAME of the reference (e.g. monai_unet)")
     parser.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     args = parser.parse_args(argv)
-    try:
-        report = comparison(args.task, args.network, args.reference)
-    except (ValueError, OSError) as error:  # one line naming the record or folder, not a traceback
-        raise SystemExit(f"network_comparison: {error}") from None
-    print_comparison(report)
-    if args.json is not None:
-        from networks.fileio import atomic_write_json
-
-        atomic_write_json(args.json, report)
-    return report
+    return report_command(
+        "network_comparison", partial(comparison, args.task, args.network, args.reference), print_comparison, args.json
+    )
 
 
 if __name__ == "__main__":

@@ -676,6 +676,30 @@ def section_cost(args, found: dict) -> None:
     found["cost"] = ratio
 
 
+# Runs argv[2:] with its output in argv[1] and prints its peak RSS: from this small process, not from the benchmark,
+# because Linux starts an exec'd child's peak at the RSS of the process it was forked from (the benchmark holds torch)
+# and ``RUSAGE_CHILDREN`` keeps the largest of every child ever waited for (an earlier section's DiNTS step).
+_PEAK_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "with open(sys.argv[1], 'w') as log:\n"
+    "    status = subprocess.call(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+    "sys.exit(status)\n"
+)
+
+
+def _run_with_peak(command: list, cwd: Path, log: Path) -> tuple:
+    """Run ``command`` in ``cwd`` with its output in ``log``: its exit status and its own peak RSS in bytes (its
+    waited-for children included: the largest of them)."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _PEAK_LAUNCHER, str(log), *map(str, command)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    return done.returncode, int(done.stdout.split()[-1])
+
+
 def section_e2e(args, found: dict) -> None:
     out = Path(tempfile.mkdtemp(prefix="c2fnas-e2e-"))
     sys.path.insert(0, str(BUNDLE))
@@ -685,19 +709,21 @@ def section_e2e(args, found: dict) -> None:
     stages = {
         s.name: stage_chain.command(s.name, BUNDLE, profile, {"output_dir": str(out)}) for s in stage_chain.STAGES
     }
-    total = time.perf_counter()
+    total, peak = time.perf_counter(), 0
+    logs = Path(tempfile.mkdtemp(prefix="c2fnas-e2e-logs-"))
     try:
         for name, command in stages.items():
             start = time.perf_counter()
-            done = subprocess.run(command, cwd=BUNDLE, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{name} failed: {done.stderr[-1000:]}")
-            print(f"  {name:<16}{time.perf_counter() - start:>8.0f} s")
+            status, stage_peak = _run_with_peak(command, BUNDLE, logs / f"{name}.log")
+            if status != 0:
+                raise RuntimeError(f"{name} failed (exit {status}): {(logs / f'{name}.log').read_text()[-1000:]}")
+            peak = max(peak, stage_peak)
+            print(f"  {name:<16}{time.perf_counter() - start:>8.0f} s{stage_peak / GIB:>8.2f} GiB")
         wall = time.perf_counter() - total
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         dice = json.loads((out / "eval/dice_per_class.json").read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(logs, ignore_errors=True)
     print(f"make demo chain: {wall:.0f} s wall, peak memory of the largest stage {peak / GIB:.2f} GiB; Dice {dice}")
 
 
@@ -768,22 +794,12 @@ def section_throughput(args, found: dict) -> None:
     found["throughput"] = {"seconds_per_iteration": per_iteration, "patches_per_second": patches / per_iteration}
 
 
-def cpu_info() -> Dict[str, str]:
-    """The first CPU's fields of ``/proc/cpuinfo`` (``model name``, ``cpu family``, ``model``, ``flags``...); empty
-    where there is none (not Linux)."""
-    info: Dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
 def machine(device: str) -> str:
     """The machine the figures are measured on: CPU model (family/model), cores, device, versions."""
     import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.search_quality import cpu_info
 
     info = cpu_info()
     cpu = info.get("model name", platform.processor() or platform.machine())
@@ -791,7 +807,9 @@ def machine(device: str) -> str:
         cpu += f" (family {info['cpu family']} model {info.get('model', '?')})"
     flags = info.get("flags", "").split()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    cpu += f", {isa}{', AMX' if 'amx_tile' in flags else ''}, {os.cpu_count()} cores"
+    native_bf16 = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX")) if flag in flags]
+    bf16 = f" with {' and '.join(native_bf16)}" if native_bf16 else ""
+    cpu += f", {isa}{bf16}, {os.cpu_count()} cores"
     if device.startswith("cuda"):
         device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return f"{cpu}; device {device}; torch {torch.__version__}, python {platform.python_version()}"

@@ -94,11 +94,9 @@ def stage_chain():
     return chain
 
 
-def machine() -> Dict[str, Any]:
-    """CPU model, its ``cpu_id`` (``f<family>m<model>``: the model name alone may not tell two generations apart,
-    every AMD EPYC), ``slug`` (both, for folder names), usable cores, Python and torch versions."""
-    import torch
-
+def cpu_info() -> Dict[str, str]:
+    """The first CPU's fields of ``/proc/cpuinfo`` (``model name``, ``cpu family``, ``model``, ``flags``...); empty
+    where there is none (not Linux)."""
     info: Dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -106,6 +104,15 @@ def machine() -> Dict[str, Any]:
             info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return info
+
+
+def machine() -> Dict[str, Any]:
+    """CPU model, its ``cpu_id`` (``f<family>m<model>``: the model name alone may not tell two generations apart,
+    every AMD EPYC), ``slug`` (both, for folder names), usable cores, Python and torch versions."""
+    import torch
+
+    info = cpu_info()
     model = info.get("model name") or platform.processor() or platform.machine()
     cpu_id = f"f{info.get('cpu family', '?')}m{info.get('model', '?')}"
     slug = re.sub(r"[^a-z0-9]+", "_", f"{model} {cpu_id}".lower()).strip("_")

@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network_comparison import difference_se, report_command  # noqa: E402  (one standard error, one ending)
 
 TARGETS = {  # the report's target name -> how this table names it
     "searched_at_or_above_random_q75_in_2_of_3": "searched ≥ random 75th percentile",
@@ -92,7 +96,7 @@ def compare_task(folder: Path, variant: str) -> Dict[str, Any]:
     summary = {name: searched_summary(figures) for name, figures in sides.items()}
     met = {name: target_results(figures) for name, figures in sides.items()}
     difference = summary["variant"]["mean"] - summary["configured"]["mean"]
-    se = math.sqrt(sum(s["std"] ** 2 / s["seeds"] for s in summary.values()))
+    se = difference_se([(s["std"], s["seeds"]) for s in summary.values()])
     lost = [t for t in TARGETS if met["configured"][t] and not met["variant"][t]]
     gained = [t for t in TARGETS if met["variant"][t] and not met["configured"][t]]
     return {
@@ -171,16 +175,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--fewer_gmacs", action="store_true", help="a compute budget: adopt only at fewer GMACs")
     parser.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     args = parser.parse_args(argv)
-    try:
-        report = comparison(args.folders, args.variant, args.search_limit_s, args.fewer_gmacs)
-    except (ValueError, OSError) as error:  # one line naming the report, not a traceback
-        raise SystemExit(f"variant_comparison: {error}") from None
-    print_comparison(report)
-    if args.json is not None:
-        from networks.fileio import atomic_write_json
-
-        atomic_write_json(args.json, report)
-    return report
+    return report_command(
+        "variant_comparison",
+        partial(comparison, args.folders, args.variant, args.search_limit_s, args.fewer_gmacs),
+        print_comparison,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ a real ``train.json`` run whose per-iteration TensorBoard events give a finite, 
 
 import math
 import re
+import sys
 from pathlib import Path
 
 from helpers import TINY_PROFILE, launch
@@ -26,3 +27,16 @@ def test_throughput_section_times_the_last_epoch_of_a_real_training():
 
     refused = launch([*args, "--throughput_epochs", "1"], ROOT, timeout=300)
     assert refused.returncode != 0 and "--throughput_epochs 1: at least 2" in refused.stderr
+
+
+def test_a_stage_peak_memory_is_its_own_not_an_earlier_childs(tmp_path):
+    """The e2e section's per-stage peak: a child's own peak RSS (0.8.0 reported the largest of every child the
+    benchmark had waited for, 12.8 GiB from the search section's DiNTS step, for a chain that peaks under 1 GiB)."""
+    from benchmarks.performance import _run_with_peak
+
+    allocate = "import sys; block = b'x' * (int(sys.argv[1]) * 2**20); print(len(block)); sys.exit(int(sys.argv[2]))"
+    status, big = _run_with_peak([sys.executable, "-c", allocate, "400", "0"], tmp_path, tmp_path / "big.log")
+    assert status == 0 and big >= 400 * 2**20
+    status, small = _run_with_peak([sys.executable, "-c", allocate, "50", "3"], tmp_path, tmp_path / "small.log")
+    assert status == 3 and 50 * 2**20 <= small < 200 * 2**20  # its own, not the earlier child's 400 MiB
+    assert (tmp_path / "small.log").read_text().strip() == str(50 * 2**20)  # the output goes to the log
