@@ -121,6 +121,21 @@ def machine() -> Dict[str, Any]:
     return {**found, "python": platform.python_version(), "torch": torch.__version__}
 
 
+def other_kinds(records_dir: Path, slug: str) -> List[str]:
+    """The CPU kinds (``machine`` slugs) that ``records_dir``'s records ran on, where none ran on ``slug``; empty
+    where a record ran on ``slug``, none says, or there are none. Records are keyed by the CPU's model name, which
+    two generations can share (every AMD EPYC), so this guards a folder named on the command line."""
+    kinds = set()
+    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
+        record = json.loads(path.read_text())
+        kind = record.get("machine") if isinstance(record, dict) and "key" in record else None
+        if kind == slug:
+            return []
+        if kind:
+            kinds.add(kind)
+    return sorted(kinds)
+
+
 def generator_key(task: str) -> Dict[str, str]:
     """What a generated task's records depend on in place of its folder: its name and the digest of the code that
     generates it (``embedded``: the bundle's own generator), so they hold on another checkout or machine."""
@@ -1125,6 +1140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "<task>, committed; at --quick or with --dataset_dir: <work_dir>/parts)",
     )
     parser.add_argument(
+        "--other_kind",
+        action="store_true",
+        help="continue records that ran on another CPU kind only (refused by default: wall-time budgets would mix)",
+    )
+    parser.add_argument(
         "--search_layers",
         default="",
         help="comma-separated config files merged after the profile that change only the search (a search variant, "
@@ -1194,6 +1214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         committed = ROOT / "benchmarks" / "results" / "search_quality" / m["slug"] / args.profile.stem / args.task
         args.records_dir = work_dir / "parts" if local else committed
     records_dir = args.records_dir.resolve()
+    others = other_kinds(records_dir, m["slug"])
+    if others and not args.other_kind:
+        parser.error(
+            f"--records_dir {records_dir}: its records ran on {', '.join(others)}, not on this CPU kind ({m['slug']}); "
+            "random search and the equal-time references budget wall time, so one report would mix machines. Use "
+            "this kind's folder, or pass --other_kind to continue them here anyway"
+        )
     if args.dataset_dir is not None:
         dataset_dir, dataset_key = args.dataset_dir.resolve(), str(args.dataset_dir.resolve())
     else:

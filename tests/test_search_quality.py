@@ -530,3 +530,21 @@ def test_a_training_with_the_inputs_of_another_record_reuses_it(benchmark, tmp_p
     again.part("train_searched0@v_seed0", {**inputs, "seed": 1}, run, group="train_searched0@v")
     again.part("search@v_seed0", inputs, run)  # a search keeps its own run folder (supernets): no twin
     assert ran[1:] == ["train_searched0@v_seed0", "search@v_seed0"]
+
+
+def test_records_of_another_cpu_kind_are_continued_only_when_asked(benchmark, tmp_path, capsys):
+    """A records folder named on the command line whose records all ran on another CPU kind is refused before any
+    work (their keys name the CPU model, which two generations share); one record of this kind lets it continue."""
+    records, this = tmp_path / "records", benchmark.machine()["slug"]
+    records.mkdir()
+    (records / "search_seed0.json").write_text(json.dumps({"key": "k", "machine": "other_cpu_f1m1", "result": {}}))
+    argv = ["--task", "embedded", "--profile", str(TINY_PROFILE), "--work_dir", str(tmp_path / "work")]
+    with pytest.raises(SystemExit):
+        benchmark.main([*argv, "--records_dir", str(records)])
+    error = capsys.readouterr().err
+    assert str(records) in error and "other_cpu_f1m1" in error and this in error and "--other_kind" in error
+    assert not (tmp_path / "work").exists()  # refused before any work
+    (records / "train_x_seed0.json").write_text(json.dumps({"key": "k", "machine": this, "result": {}}))
+    assert benchmark.other_kinds(records, this) == []
+    assert benchmark.other_kinds(records, "third_cpu_f2m2") == sorted(["other_cpu_f1m1", this])
+    assert benchmark.other_kinds(tmp_path / "none", this) == []
