@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -688,7 +688,7 @@ _PEAK_LAUNCHER = (
 )
 
 
-def _run_with_peak(command: list, cwd: Path, log: Path) -> tuple:
+def _run_with_peak(command: list, cwd: Path, log: Path) -> Tuple[int, int]:
     """Run ``command`` in ``cwd`` with its output in ``log``: its exit status and its own peak RSS in bytes (its
     waited-for children included: the largest of them)."""
     done = subprocess.run(
@@ -710,20 +710,18 @@ def section_e2e(args, found: dict) -> None:
         s.name: stage_chain.command(s.name, BUNDLE, profile, {"output_dir": str(out)}) for s in stage_chain.STAGES
     }
     total, peak = time.perf_counter(), 0
-    logs = Path(tempfile.mkdtemp(prefix="c2fnas-e2e-logs-"))
     try:
         for name, command in stages.items():
-            start = time.perf_counter()
-            status, stage_peak = _run_with_peak(command, BUNDLE, logs / f"{name}.log")
+            start, log = time.perf_counter(), out / f"{name}.stage.log"  # removed with the outputs
+            status, stage_peak = _run_with_peak(command, BUNDLE, log)
             if status != 0:
-                raise RuntimeError(f"{name} failed (exit {status}): {(logs / f'{name}.log').read_text()[-1000:]}")
+                raise RuntimeError(f"{name} failed (exit {status}): {log.read_text()[-1000:]}")
             peak = max(peak, stage_peak)
             print(f"  {name:<16}{time.perf_counter() - start:>8.0f} s{stage_peak / GIB:>8.2f} GiB")
         wall = time.perf_counter() - total
         dice = json.loads((out / "eval/dice_per_class.json").read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(logs, ignore_errors=True)
     print(f"make demo chain: {wall:.0f} s wall, peak memory of the largest stage {peak / GIB:.2f} GiB; Dice {dice}")
 
 
