@@ -121,19 +121,59 @@ def machine() -> Dict[str, Any]:
     return {**found, "python": platform.python_version(), "torch": torch.__version__}
 
 
+def record_kinds(records_dir: Path) -> Dict[str, int]:
+    """How many of ``records_dir``'s records ran on each CPU kind (``machine`` slug); a record that names none is
+    left out."""
+    kinds: Dict[str, int] = {}
+    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
+        record = json.loads(path.read_text())
+        kind = record.get("machine") if isinstance(record, dict) and "key" in record else None
+        if kind:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def home_kind(records_dir: Path, slug: str) -> str:
+    """The CPU kind whose seconds ``records_dir``'s report counts in: the kind most of its records ran on, else (no
+    record) ``slug``, this machine's."""
+    kinds = record_kinds(records_dir)
+    return max(sorted(kinds), key=lambda k: kinds[k]) if kinds else slug
+
+
+def total_wall(wall_s: Any) -> float:
+    """A part's wall time in seconds: ``wall_s`` itself, or the sum of its stages (a search: coarse and fine)."""
+    return float(sum(wall_s.values())) if isinstance(wall_s, dict) else float(wall_s)
+
+
+def speed_factors(records_dir: Path, home: str) -> Dict[str, Dict[str, Any]]:
+    """For each CPU kind other than ``home`` that re-ran parts recorded on ``home`` and reproduced them exactly
+    (``reproductions`` in a record, ``Bench.part``): ``factor``, the ``home`` seconds per second of that kind (the
+    sum of the records' wall times over the sum of the reproductions'), and the ``parts`` it comes from."""
+    pairs: Dict[str, List[tuple]] = {}
+    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or record.get("machine") != home or "wall_s" not in record.get("result", {}):
+            continue
+        for again in record.get("reproductions", []):
+            if again["machine"] != home:
+                pairs.setdefault(again["machine"], []).append(
+                    (path.stem, total_wall(record["result"]["wall_s"]), again)
+                )
+    return {
+        kind: {
+            "factor": sum(h for _, h, _ in found) / sum(a["wall_s"] for _, _, a in found),
+            "parts": {name: {"home_s": h, "this_s": a["wall_s"], "finished": a["finished"]} for name, h, a in found},
+        }
+        for kind, found in pairs.items()
+    }
+
+
 def other_kinds(records_dir: Path, slug: str) -> List[str]:
     """The CPU kinds (``machine`` slugs) that ``records_dir``'s records ran on, where none ran on ``slug``; empty
     where a record ran on ``slug``, none says, or there are none. Records are keyed by the CPU's model name, which
     two generations can share (every AMD EPYC), so this guards a folder named on the command line."""
-    kinds = set()
-    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
-        record = json.loads(path.read_text())
-        kind = record.get("machine") if isinstance(record, dict) and "key" in record else None
-        if kind == slug:
-            return []
-        if kind:
-            kinds.add(kind)
-    return sorted(kinds)
+    kinds = record_kinds(records_dir)
+    return [] if slug in kinds else sorted(kinds)
 
 
 def generator_key(task: str) -> Dict[str, str]:
@@ -210,6 +250,9 @@ class Bench:
         self.max_epochs = max_epochs
         self.tag = "" if max_epochs is None else f"_e{max_epochs}"
         self.machine = machine()
+        # the CPU kind whose seconds the report counts in, and the measured speed of the other kinds against it
+        self.home = home_kind(self.records_dir, self.machine["slug"])
+        self._speed: Optional[Dict[str, Dict[str, Any]]] = None  # read from the records once, again after a change
         self.reused: List[str] = []
         self.ran_on: Dict[str, Dict[str, Optional[str]]] = {}  # part -> the machine (slug) and date it ran on
         self.carried: List[str] = []  # parts carried over a code change (``part``)
@@ -289,6 +332,36 @@ class Bench:
         key = self.key(self.with_context(inputs))
         return self.reuse and record_file.exists() and json.loads(record_file.read_text()).get("key") == key
 
+    @property
+    def speed(self) -> Dict[str, Dict[str, Any]]:
+        """``speed_factors`` of this bench's records against its ``home`` kind."""
+        if self._speed is None:
+            self._speed = speed_factors(self.records_dir, self.home)
+        return self._speed
+
+    def home_seconds(self, name: str, seconds: float) -> float:
+        """``seconds`` that part ``name`` took on the kind it ran on, in seconds of the ``home`` kind. Raises
+        RuntimeError where that kind has no measured speed (``speed_factors``)."""
+        kind = self.ran_on.get(name, {}).get("machine")
+        if kind is None or kind == self.home:
+            return seconds
+        if kind not in self.speed:
+            raise RuntimeError(
+                f"{name} ran on {kind}, whose speed against {self.home} (the records' kind) was never measured: run "
+                f"benchmarks/search_quality.py on {kind} with --other_kind, which times a recorded training first"
+            )
+        return seconds * self.speed[kind]["factor"]
+
+    def in_home_time(self, name: str, result: Dict[str, Any]) -> Dict[str, Any]:
+        """Part ``name``'s ``result`` with its ``wall_s`` (seconds, or seconds per stage) in ``home`` seconds
+        (``home_seconds``); where it ran on another kind, what it took there is kept as ``measured_wall_s``."""
+        wall = result["wall_s"]
+        home = {k: self.home_seconds(name, v) for k, v in wall.items()} if isinstance(wall, dict) else None
+        home = self.home_seconds(name, wall) if home is None else home
+        if home == wall:
+            return result
+        return {**result, "wall_s": home, "measured_wall_s": wall, "ran_on": self.ran_on[name]["machine"]}
+
     def twin(self, name: str, key: str) -> Optional[str]:
         """The part recorded under another name with the same ``key`` (the same inputs: a search variant that finds
         the architecture the search as configured found, trained with the same seed), or None."""
@@ -323,7 +396,10 @@ class Bench:
         that training computes. The others are then re-keyed without running, each noting the reproduction
         (``carried_over``). If the reproduction differs, every part of the group runs again. ``same(old, new)``
         decides what reproduces (default: every Dice, ``_same_dice``; a search: ``_same_search``). ``force`` runs the
-        part even where its record holds (to remake its run folder: a search's supernets).
+        part even where its record holds (to remake its run folder: a search's supernets; to time this machine
+        against the records' kind). A forced run of a recorded part must reproduce it (``same``): the record keeps
+        its result and the run is added to its ``reproductions`` (machine, date, wall time), from which
+        ``speed_factors`` measures another kind's speed; where it does not reproduce, RuntimeError, the record kept.
 
         A training (a part with a ``group``) with no record of its own whose inputs equal another record's is that
         record's computation: its record is written from that one, naming it (``same_inputs_as``), and nothing
@@ -332,7 +408,10 @@ class Bench:
         key = self.key(inputs)
         record_file = self.records_dir / f"{name}.json"
         folder = self.work_dir / "runs" / name
-        stale = None
+        stale, previous = None, None
+        if self.reuse and force and record_file.exists():
+            record = json.loads(record_file.read_text())
+            previous = record if record.get("key") == key else None
         if self.reuse and not force and record_file.exists():
             record = json.loads(record_file.read_text())
             if record.get("key") == key:
@@ -367,6 +446,8 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         started.write_text(key)
         result = run(folder)
+        if previous is not None:
+            return self._reproduced(name, previous, result, same or _same_dice)
         self.ran_on[name] = {"machine": self.machine["slug"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         record = {"key": key, "inputs": inputs, "result": result, **self.ran_on[name]}
         if stale is not None and group not in self.reproduced:
@@ -377,6 +458,23 @@ class Bench:
         if self._names_by_key is not None:
             self._names_by_key.setdefault(key, name)
         return result
+
+    def _reproduced(self, name: str, record: Dict[str, Any], result: Dict[str, Any], same: Callable) -> Dict[str, Any]:
+        """Part ``name``'s ``record`` with this forced run's ``result`` added to its ``reproductions``, where it
+        reproduces the record (``same``); its result stays the record's."""
+        here = self.machine["slug"]
+        if not same(record["result"], result):
+            raise RuntimeError(
+                f"{name}: run again on {here}, it did not reproduce its record (from {record.get('machine')}), which "
+                f"is kept; results of this machine cannot continue those records: run with --no_reuse"
+            )
+        finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+        again = {"machine": here, "finished": finished, "wall_s": total_wall(result.get("wall_s", 0.0))}
+        record = {**record, "reproductions": [*record.get("reproductions", []), again]}
+        atomic_json(self.records_dir / f"{name}.json", record)
+        self._speed = None
+        self.ran_on[name] = {k: record.get(k) for k in ("machine", "finished")}
+        return record["result"]
 
 
 CARRIED = ("code", "dataset_dir", "configs")  # inputs a record may be carried over between (Bench.part)
@@ -494,10 +592,17 @@ def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
 
 
 def train_part(
-    bench: Bench, name: str, arch: Optional[dict], seed: int = 0, extra: Sequence[Path] = (), **budget: Any
+    bench: Bench,
+    name: str,
+    arch: Optional[dict],
+    seed: int = 0,
+    extra: Sequence[Path] = (),
+    force: bool = False,
+    **budget: Any,
 ) -> Dict[str, Any]:
     """Train one network alone with ``train.json`` (``arch`` for C2FNAS, or a network override in ``extra``) and
-    evaluate its best checkpoint with ``evaluate.json``; the Dice is ``eval/dice_per_class.json``."""
+    evaluate its best checkpoint with ``evaluate.json``; the Dice is ``eval/dice_per_class.json``. ``force``: run it
+    even where its record holds, which it must then reproduce (``Bench.part``)."""
     from networks import DEFAULT_ARCHITECTURE_FILE, Architecture, save_architecture
 
     train, evaluate = bench.config_files("train", extra), bench.config_files("evaluate", extra)
@@ -533,7 +638,8 @@ def train_part(
     if bench.heldout is not None:
         inputs["heldout"] = bench.heldout[1]
     group = re.sub(r"_seed\d+$", "", f"train_{name}") + bench.tag  # one network's seeds
-    return bench.part(f"train_{name}{bench.tag}", {**inputs, "code": code_digest(TRAIN_CODE)}, run, group=group)
+    inputs["code"] = code_digest(TRAIN_CODE)
+    return bench.part(f"train_{name}{bench.tag}", inputs, run, group=group, force=force)
 
 
 def case_name(path: str) -> str:
@@ -627,13 +733,26 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
     if not bench.recorded(f"fitness{bench.variant}", inputs):
         for seed in seeds:
             if not supernets_kept(bench, seed, fine=seed == seeds[0]):
-                again = search_part(bench, seed, force=True)
-                if not _same_search(searches[str(seed)], again):  # (the architectures' provenance dates differ)
-                    raise RuntimeError(
-                        f"search seed {seed} run again to remake its supernets found {again['arch']}, not its "
-                        f"record's {searches[str(seed)]['arch']} (another CPU kind?): run with --no_reuse"
-                    )
+                search_part(bench, seed, force=True)  # must reproduce its record (``Bench.part``)
     return bench.part(f"fitness{bench.variant}", inputs, run)
+
+
+def time_reference(bench: Bench, name: str = "panc_seed0") -> Optional[Dict[str, Any]]:
+    """This machine's speed against the records' kind (``Bench.speed``), measured where it is not of that kind and
+    was never measured: network ``name`` (C2FNAS-Panc, training seed 0, which every search variant shares) is
+    trained again and must reproduce its record exactly (``Bench.part``), so this machine computes what the records'
+    kind did and only its seconds differ. None where this machine is of the records' kind."""
+    here = bench.machine["slug"]
+    if here == bench.home:
+        return None
+    if here not in bench.speed:
+        train_part(bench, name, None, 0, force=True)
+    if here not in bench.speed:
+        raise RuntimeError(
+            f"{bench.records_dir}: no record of train_{name}{bench.tag} with this code and these configs, so "
+            f"{here}'s speed against {bench.home} (the records' kind) cannot be measured"
+        )
+    return bench.speed[here]
 
 
 CALIBRATION_EPOCHS, CALIBRATION_INTERVAL = 6, 3  # epochs 2, 4 and 5 are training alone; 3 and 6 also validate
@@ -1142,7 +1261,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--other_kind",
         action="store_true",
-        help="continue records that ran on another CPU kind only (refused by default: wall-time budgets would mix)",
+        help="continue records that ran on another CPU kind (refused by default: random search and the equal-time "
+        "references budget wall time): a recorded training runs again first and must reproduce its record exactly; "
+        "its time against the record's converts this machine's wall times into the records' kind's seconds",
     )
     parser.add_argument(
         "--search_layers",
@@ -1219,7 +1340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         parser.error(
             f"--records_dir {records_dir}: its records ran on {', '.join(others)}, not on this CPU kind ({m['slug']}); "
             "random search and the equal-time references budget wall time, so one report would mix machines. Use "
-            "this kind's folder, or pass --other_kind to continue them here anyway"
+            "this kind's folder, or pass --other_kind to continue them here: a recorded training then runs again, "
+            "must reproduce its record exactly, and times this machine against theirs"
         )
     if args.dataset_dir is not None:
         dataset_dir, dataset_key = args.dataset_dir.resolve(), str(args.dataset_dir.resolve())
@@ -1242,6 +1364,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         flush=True,
     )
     start = time.perf_counter()
+    if bench.home != m["slug"]:  # wall times are counted in the records' kind's seconds
+        speed = time_reference(bench)
+        print(
+            f"# records of {bench.home}: this machine's wall times count {speed['factor']:.3f}× in its seconds "
+            f"(measured by reproducing {', '.join(speed['parts'])})",
+            flush=True,
+        )
     found: Dict[str, Any] = {"search": {}, "train": {}}
 
     def step(what: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
@@ -1268,13 +1397,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # the ratio (not more: this machine's speed drifts between runs by 10-20 %, so a second probe chases noise)
     searched = f"searched0{bench.variant}_seed0"
     trained = {searched: step(f"train {searched}", lambda: train_part(bench, searched, archs["searched0"], 0))}
-    target_s = trained[searched]["wall_s"]
+    target_s = bench.home_seconds(f"train_{searched}{bench.tag}", trained[searched]["wall_s"])
     for name in BASELINES:
         epochs = found["baseline_epochs"][name]
         budget = {"max_epochs": epochs["max_epochs"], "val_interval": epochs["val_interval"]}
         extra = [baseline_config(bench, name)]
         probe = f"{name}{bench.variant}_calibrated_seed0"
         wall_s = step(f"train {probe}", lambda: train_part(bench, probe, None, 0, extra, **budget))["wall_s"]
+        wall_s = bench.home_seconds(f"train_{probe}{bench.tag}", wall_s)
         epochs["measured_wall_ratio"] = wall_s / target_s
         if abs(wall_s / target_s - 1) > EQUAL_TIME_TOLERANCE:
             budget = equal_time_budget(budget, budget["max_epochs"] * target_s / wall_s)
@@ -1283,9 +1413,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     found["networks"] = list(networks)
     # every network's first seed, then every network's second... so that a stopped run has ranked all of them once
     shared = [n for n in networks if n.startswith("random") or n == "panc"]  # the same in every search variant
+    part_names = {}
     for t in range(args.training_seeds):
         for name, (arch, extra, budget) in networks.items():
             part = f"{name}{'' if name in shared else bench.variant}_seed{t}"
+            part_names[f"{name}_seed{t}"] = f"train_{part}{bench.tag}"
             if part in trained:  # seed 0 of the searched network, trained above
                 found["train"][f"{name}_seed{t}"] = trained[part]
                 continue
@@ -1293,6 +1425,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 f"train {part}", lambda: train_part(bench, part, arch, t, extra, **budget)
             )
     found["gmacs"] = {name: window_gmacs(bench, arch, extra) for name, (arch, extra, _) in networks.items()}
+    # every wall time in the records' kind's seconds, with the speed measured by the end of the run
+    found["search"] = {s: bench.in_home_time(search_name(bench, int(s)), r) for s, r in found["search"].items()}
+    found["fitness"] = bench.in_home_time(f"fitness{bench.variant}", found["fitness"])
+    found["train"] = {n: bench.in_home_time(part_names[n], r) for n, r in found["train"].items()}
 
     report = {
         "format": FORMAT,
@@ -1327,6 +1463,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "carried_parts": bench.carried,
         "twin_parts": bench.twins,
         "parts_ran_on": bench.ran_on,
+        "time": {  # the kind whose seconds every wall time above counts in, and how the others were converted
+            "seconds_of": bench.home,
+            "speed": bench.speed,
+            "converted_parts": sorted(
+                n for n, on in bench.ran_on.items() if on.get("machine") not in (None, bench.home)
+            ),
+        },
     }
     report["figures"] = analyse(found, args)
     out_dirs = [work_dir] + ([] if records_dir.is_relative_to(work_dir) else [records_dir])  # committed: there too
@@ -1429,6 +1572,12 @@ def print_report(report: Dict[str, Any]) -> None:
     for ran in report.get("parts_ran_on", {}).values():
         machines[ran.get("machine") or "not recorded"] = machines.get(ran.get("machine") or "not recorded", 0) + 1
     print("parts by the machine they ran on: " + ", ".join(f"{m} {n}" for m, n in sorted(machines.items())))
+    time_of = report.get("time", {})
+    for kind, speed in time_of.get("speed", {}).items():
+        print(
+            f"wall times in seconds of {time_of['seconds_of']}: those of {kind} count {speed['factor']:.3f}× (its "
+            f"reproductions of {', '.join(speed['parts'])}; converted here: {len(time_of['converted_parts'])} parts)"
+        )
 
 
 if __name__ == "__main__":

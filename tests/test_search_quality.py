@@ -548,3 +548,45 @@ def test_records_of_another_cpu_kind_are_continued_only_when_asked(benchmark, tm
     assert benchmark.other_kinds(records, this) == []
     assert benchmark.other_kinds(records, "third_cpu_f2m2") == sorted(["other_cpu_f1m1", this])
     assert benchmark.other_kinds(tmp_path / "none", this) == []
+
+
+def test_another_kind_continues_records_in_their_seconds_only_after_reproducing_one(benchmark, tmp_path):
+    """Records of one CPU kind continued on another: a forced re-run of a recorded part must reproduce it exactly;
+    the record keeps its result and notes the reproduction, whose time against the record's is the other kind's
+    speed, by which the report converts that kind's wall times. A re-run that does not reproduce is refused, its
+    record kept; a part of a kind never timed cannot be converted."""
+    records = tmp_path / "records"
+
+    def bench_on(kind):
+        bench = benchmark.Bench(tmp_path / "work", None, TINY_PROFILE, True, records_dir=records)
+        bench.machine = {**bench.machine, "slug": kind}
+        return bench
+
+    def result(dice, wall_s):
+        return {"dice": dice, "per_class": {"organ": dice}, "wall_s": wall_s}
+
+    home = bench_on("home_cpu_f1m1")
+    for seed, wall in ((0, 200.0), (1, 100.0)):
+        home.part(f"train_net_seed{seed}", {"seed": seed}, lambda folder, w=wall: result(0.5, w), group="train_net")
+    slow = bench_on("slow_cpu_f2m2")
+    assert slow.home == "home_cpu_f1m1" and slow.speed == {}
+    with pytest.raises(RuntimeError, match="train_net_seed1.*did not reproduce"):
+        slow.part("train_net_seed1", {"seed": 1}, lambda folder: result(0.4, 300.0), group="train_net", force=True)
+    assert "reproductions" not in json.loads((records / "train_net_seed1.json").read_text())
+    kept = slow.part("train_net_seed0", {"seed": 0}, lambda folder: result(0.5, 400.0), group="train_net", force=True)
+    record = json.loads((records / "train_net_seed0.json").read_text())
+    assert kept == result(0.5, 200.0) == record["result"] and record["machine"] == "home_cpu_f1m1"
+    assert [r["machine"] for r in record["reproductions"]] == ["slow_cpu_f2m2"]
+    assert slow.speed["slow_cpu_f2m2"]["factor"] == pytest.approx(0.5)
+    assert slow.home_seconds("train_net_seed0", 200.0) == 200.0  # ran on the records' kind
+    new = slow.part("train_other_seed0", {"seed": 0, "net": "other"}, lambda folder: result(0.6, 300.0))
+    converted = slow.in_home_time("train_other_seed0", new)
+    assert converted["wall_s"] == pytest.approx(150.0) and converted["measured_wall_s"] == 300.0
+    assert converted["ran_on"] == "slow_cpu_f2m2" and new["wall_s"] == 300.0  # the record keeps what it measured
+    search = {"arch": {}, "wall_s": {"coarse": 100.0, "fine": 60.0}}
+    slow.part("search_seed0", {"seed": 0}, lambda folder: search)
+    assert slow.in_home_time("search_seed0", search)["wall_s"] == pytest.approx({"coarse": 50.0, "fine": 30.0})
+    third = bench_on("third_cpu_f3m3")
+    third.part("train_third_seed0", {"net": "third"}, lambda folder: result(0.6, 10.0))
+    with pytest.raises(RuntimeError, match="train_third_seed0 ran on third_cpu_f3m3.*never measured"):
+        third.home_seconds("train_third_seed0", 10.0)
