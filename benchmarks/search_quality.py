@@ -148,11 +148,17 @@ def total_wall(wall_s: Any) -> float:
 def speed_factors(records_dir: Path, home: str) -> Dict[str, Dict[str, Any]]:
     """For each CPU kind other than ``home`` that re-ran parts recorded on ``home`` and reproduced them exactly
     (``reproductions`` in a record, ``Bench.part``): ``factor``, the ``home`` seconds per second of that kind (the
-    sum of the records' wall times over the sum of the reproductions'), and the ``parts`` it comes from."""
+    sum of the records' wall times over the sum of the reproductions'), and the ``parts`` it comes from. A record
+    that names no machine counts as ``home``'s."""
     pairs: Dict[str, List[tuple]] = {}
     for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
         record = json.loads(path.read_text())
-        if not isinstance(record, dict) or record.get("machine") != home or "wall_s" not in record.get("result", {}):
+        # a record that names no machine (made before records did) was made on its folder's kind, as home_seconds
+        if (
+            not isinstance(record, dict)
+            or record.get("machine", home) != home
+            or "wall_s" not in record.get("result", {})
+        ):
             continue
         for again in record.get("reproductions", []):
             if again["machine"] != home:

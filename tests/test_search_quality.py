@@ -578,14 +578,21 @@ def test_another_kind_continues_records_in_their_seconds_only_after_reproducing_
     assert kept == result(0.5, 200.0) == record["result"] and record["machine"] == "home_cpu_f1m1"
     assert [r["machine"] for r in record["reproductions"]] == ["slow_cpu_f2m2"]
     assert slow.speed["slow_cpu_f2m2"]["factor"] == pytest.approx(0.5)
+    unnamed = json.loads((records / "train_net_seed1.json").read_text())  # a record from before records named one
+    del unnamed["machine"]
+    (records / "train_net_seed1.json").write_text(json.dumps(unnamed))
+    slow.part("train_net_seed1", {"seed": 1}, lambda folder: result(0.5, 250.0), group="train_net", force=True)
+    assert slow.speed["slow_cpu_f2m2"]["factor"] == pytest.approx((200.0 + 100.0) / (400.0 + 250.0))
+    assert set(slow.speed["slow_cpu_f2m2"]["parts"]) == {"train_net_seed0", "train_net_seed1"}
     assert slow.home_seconds("train_net_seed0", 200.0) == 200.0  # ran on the records' kind
     new = slow.part("train_other_seed0", {"seed": 0, "net": "other"}, lambda folder: result(0.6, 300.0))
     converted = slow.in_home_time("train_other_seed0", new)
-    assert converted["wall_s"] == pytest.approx(150.0) and converted["measured_wall_s"] == 300.0
+    assert converted["wall_s"] == pytest.approx(300.0 * 300 / 650) and converted["measured_wall_s"] == 300.0
     assert converted["ran_on"] == "slow_cpu_f2m2" and new["wall_s"] == 300.0  # the record keeps what it measured
     search = {"arch": {}, "wall_s": {"coarse": 100.0, "fine": 60.0}}
     slow.part("search_seed0", {"seed": 0}, lambda folder: search)
-    assert slow.in_home_time("search_seed0", search)["wall_s"] == pytest.approx({"coarse": 50.0, "fine": 30.0})
+    home_search = slow.in_home_time("search_seed0", search)["wall_s"]
+    assert home_search == pytest.approx({"coarse": 100.0 * 300 / 650, "fine": 60.0 * 300 / 650})
     third = bench_on("third_cpu_f3m3")
     third.part("train_third_seed0", {"net": "third"}, lambda folder: result(0.6, 10.0))
     with pytest.raises(RuntimeError, match="train_third_seed0 ran on third_cpu_f3m3.*never measured"):
