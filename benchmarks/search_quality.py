@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the generated tasks come as benchmarks.tasks, as in the tests
@@ -121,12 +121,17 @@ def machine() -> Dict[str, Any]:
     return {**found, "python": platform.python_version(), "torch": torch.__version__}
 
 
+def read_records(records_dir: Path) -> Iterator[tuple]:
+    """``(part name, record)`` of every record in ``records_dir`` (none where it does not exist), by name."""
+    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
+        yield path.stem, json.loads(path.read_text())
+
+
 def record_kinds(records_dir: Path) -> Dict[str, int]:
     """How many of ``records_dir``'s records ran on each CPU kind (``machine`` slug); a record that names none is
     left out."""
     kinds: Dict[str, int] = {}
-    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
-        record = json.loads(path.read_text())
+    for _, record in read_records(records_dir):
         kind = record.get("machine") if isinstance(record, dict) and "key" in record else None
         if kind:
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -151,8 +156,7 @@ def speed_factors(records_dir: Path, home: str) -> Dict[str, Dict[str, Any]]:
     sum of the records' wall times over the sum of the reproductions'), and the ``parts`` it comes from. A record
     that names no machine counts as ``home``'s."""
     pairs: Dict[str, List[tuple]] = {}
-    for path in sorted(records_dir.glob("*.json")) if records_dir.is_dir() else ():
-        record = json.loads(path.read_text())
+    for name, record in read_records(records_dir):
         # a record that names no machine (made before records did) was made on its folder's kind, as home_seconds
         if (
             not isinstance(record, dict)
@@ -162,9 +166,7 @@ def speed_factors(records_dir: Path, home: str) -> Dict[str, Dict[str, Any]]:
             continue
         for again in record.get("reproductions", []):
             if again["machine"] != home:
-                pairs.setdefault(again["machine"], []).append(
-                    (path.stem, total_wall(record["result"]["wall_s"]), again)
-                )
+                pairs.setdefault(again["machine"], []).append((name, total_wall(record["result"]["wall_s"]), again))
     return {
         kind: {
             "factor": sum(h for _, h, _ in found) / sum(a["wall_s"] for _, _, a in found),
@@ -373,11 +375,10 @@ class Bench:
         the architecture the search as configured found, trained with the same seed), or None."""
         if self._names_by_key is None:
             self._names_by_key = {}
-            for path in sorted(self.records_dir.glob("*.json")) if self.records_dir.is_dir() else ():
-                record = json.loads(path.read_text())
+            for stem, record in read_records(self.records_dir):
                 record_key = record.get("key") if isinstance(record, dict) else None
                 if record_key is not None:
-                    self._names_by_key.setdefault(record_key, path.stem)
+                    self._names_by_key.setdefault(record_key, stem)
         found = self._names_by_key.get(key)
         return found if found != name else None
 
@@ -415,11 +416,10 @@ class Bench:
         record_file = self.records_dir / f"{name}.json"
         folder = self.work_dir / "runs" / name
         stale, previous = None, None
-        if self.reuse and force and record_file.exists():
-            record = json.loads(record_file.read_text())
+        record = json.loads(record_file.read_text()) if self.reuse and record_file.exists() else None
+        if record is not None and force:
             previous = record if record.get("key") == key else None
-        if self.reuse and not force and record_file.exists():
-            record = json.loads(record_file.read_text())
+        if record is not None and not force:
             if record.get("key") == key:
                 self.reused.append(name)
                 self.ran_on[name] = {k: record.get(k) for k in ("machine", "finished")}
@@ -597,6 +597,11 @@ def search_part(bench: Bench, seed: int, force: bool = False) -> Dict[str, Any]:
     )
 
 
+def train_name(bench: Bench, name: str) -> str:
+    """The part name of training ``name`` (``<network>[@variant]_seed<t>``) at the bench's budget."""
+    return f"train_{name}{bench.tag}"
+
+
 def train_part(
     bench: Bench,
     name: str,
@@ -645,7 +650,7 @@ def train_part(
         inputs["heldout"] = bench.heldout[1]
     group = re.sub(r"_seed\d+$", "", f"train_{name}") + bench.tag  # one network's seeds
     inputs["code"] = code_digest(TRAIN_CODE)
-    return bench.part(f"train_{name}{bench.tag}", inputs, run, group=group, force=force)
+    return bench.part(train_name(bench, name), inputs, run, group=group, force=force)
 
 
 def case_name(path: str) -> str:
@@ -755,7 +760,7 @@ def time_reference(bench: Bench, name: str = "panc_seed0") -> Optional[Dict[str,
         train_part(bench, name, None, 0, force=True)
     if here not in bench.speed:
         raise RuntimeError(
-            f"{bench.records_dir}: no record of train_{name}{bench.tag} with this code and these configs, so "
+            f"{bench.records_dir}: no record of {train_name(bench, name)} with this code and these configs, so "
             f"{here}'s speed against {bench.home} (the records' kind) cannot be measured"
         )
     return bench.speed[here]
@@ -1403,14 +1408,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     # the ratio (not more: this machine's speed drifts between runs by 10-20 %, so a second probe chases noise)
     searched = f"searched0{bench.variant}_seed0"
     trained = {searched: step(f"train {searched}", lambda: train_part(bench, searched, archs["searched0"], 0))}
-    target_s = bench.home_seconds(f"train_{searched}{bench.tag}", trained[searched]["wall_s"])
+    target_s = bench.home_seconds(train_name(bench, searched), trained[searched]["wall_s"])
     for name in BASELINES:
         epochs = found["baseline_epochs"][name]
         budget = {"max_epochs": epochs["max_epochs"], "val_interval": epochs["val_interval"]}
         extra = [baseline_config(bench, name)]
         probe = f"{name}{bench.variant}_calibrated_seed0"
         wall_s = step(f"train {probe}", lambda: train_part(bench, probe, None, 0, extra, **budget))["wall_s"]
-        wall_s = bench.home_seconds(f"train_{probe}{bench.tag}", wall_s)
+        wall_s = bench.home_seconds(train_name(bench, probe), wall_s)
         epochs["measured_wall_ratio"] = wall_s / target_s
         if abs(wall_s / target_s - 1) > EQUAL_TIME_TOLERANCE:
             budget = equal_time_budget(budget, budget["max_epochs"] * target_s / wall_s)
@@ -1423,7 +1428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for t in range(args.training_seeds):
         for name, (arch, extra, budget) in networks.items():
             part = f"{name}{'' if name in shared else bench.variant}_seed{t}"
-            part_names[f"{name}_seed{t}"] = f"train_{part}{bench.tag}"
+            part_names[f"{name}_seed{t}"] = train_name(bench, part)
             if part in trained:  # seed 0 of the searched network, trained above
                 found["train"][f"{name}_seed{t}"] = trained[part]
                 continue
