@@ -264,6 +264,7 @@ class Bench:
         self.reused: List[str] = []
         self.ran_on: Dict[str, Dict[str, Optional[str]]] = {}  # part -> the machine (slug) and date it ran on
         self.carried: List[str] = []  # parts carried over a code change (``part``)
+        self.converted: List[str] = []  # parts whose wall time counts in home seconds here (``in_home_time``)
         # trainings are also scored on these never-seen cases when set (``train_part``): (folder, what makes them)
         self.heldout: Optional[tuple] = None
         self.reproduced: Dict[str, Optional[str]] = {}  # group -> the part that reproduced its record, or None
@@ -368,6 +369,7 @@ class Bench:
         home = self.home_seconds(name, wall) if home is None else home
         if home == wall:
             return result
+        self.converted.append(name)
         return {**result, "wall_s": home, "measured_wall_s": wall, "ran_on": self.ran_on[name]["machine"]}
 
     def twin(self, name: str, key: str) -> Optional[str]:
@@ -1477,9 +1479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "time": {  # the kind whose seconds every wall time above counts in, and how the others were converted
             "seconds_of": bench.home,
             "speed": bench.speed,
-            "converted_parts": sorted(
-                n for n, on in bench.ran_on.items() if on.get("machine") not in (None, bench.home)
-            ),
+            "converted_parts": sorted(bench.converted),
         },
     }
     report["figures"] = analyse(found, args)

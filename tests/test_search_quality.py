@@ -593,6 +593,8 @@ def test_another_kind_continues_records_in_their_seconds_only_after_reproducing_
     slow.part("search_seed0", {"seed": 0}, lambda folder: search)
     home_search = slow.in_home_time("search_seed0", search)["wall_s"]
     assert home_search == pytest.approx({"coarse": 100.0 * 300 / 650, "fine": 60.0 * 300 / 650})
+    slow.in_home_time("train_net_seed0", kept)  # ran on the records' kind: nothing to convert
+    assert slow.converted == ["train_other_seed0", "search_seed0"]
     third = bench_on("third_cpu_f3m3")
     third.part("train_third_seed0", {"net": "third"}, lambda folder: result(0.6, 10.0))
     with pytest.raises(RuntimeError, match="train_third_seed0 ran on third_cpu_f3m3.*never measured"):
