@@ -103,6 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         searcher = coarse.get_parsed_content("searcher")
         scores[f"coarse {seed}"] = {}
         for n in random_names:
+            if not sq.in_coarse_space(searcher, archs[n]["levels"]):
+                continue  # a compute budget rules its topology out: no supernet holds it (as the benchmark's fitness)
             supernet = searcher.kept_supernet(f"cluster{searcher.space.cluster_of(arch(n).levels)}")
             scores[f"coarse {seed}"][n] = variant_scores(searcher, supernet.path_network(arch(n)), names)
         if seed == "0":

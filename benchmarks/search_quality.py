@@ -707,12 +707,20 @@ def supernets_kept(bench: Bench, seed: int, fine: bool) -> bool:
     return True
 
 
+def in_coarse_space(searcher: Any, levels: Sequence[int]) -> bool:
+    """Whether the coarse ``searcher``'s cluster supernets hold topology ``levels``: all topologies of the space,
+    less those whose cheapest op assignment a compute budget (``max_gmacs``) rules out (``CoarseSearch.members``)."""
+    levels = tuple(levels)
+    return levels in searcher.members(searcher.space.cluster_of(levels))
+
+
 def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[str, dict]) -> Dict[str, Any]:
     """Supernet fitness of ``archs``: ``coarse`` from each search seed's coarse supernets (the random architectures
     and the searched ones), ``fine`` from seed 0's fine supernet (the op assignments and seed 0's searched one).
     Records keep the searches' results, not their supernets: where this part has no record and a search's supernets
     are not in this work dir (another machine, a cleaned scratch), that search runs again and must give its record's
-    architecture."""
+    architecture. Under a compute budget, random architectures whose topology the budget rules out have no supernet
+    to be scored on: they are listed under ``outside_space`` (per search seed) instead."""
     from networks import Architecture
 
     seeds = [int(s) for s in searches]
@@ -723,11 +731,14 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
             overrides = bench.overrides(bench.work_dir / "runs" / search_name(bench, seed), seed=seed)
             coarse = parsed(bench.config_files("search_coarse"), overrides)
             searcher = coarse.get_parsed_content("searcher")
+            coarse_archs = {n: a for n, a in archs.items() if not n.startswith("ops")}
+            inside = {n: a for n, a in coarse_archs.items() if in_coarse_space(searcher, a["levels"])}
             found["coarse"][str(seed)] = {
                 name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
-                for name, arch in archs.items()
-                if not name.startswith("ops")
+                for name, arch in inside.items()
             }
+            if len(inside) < len(coarse_archs):  # a budget's supernets hold only the topologies it admits
+                found.setdefault("outside_space", {})[str(seed)] = sorted(set(coarse_archs) - set(inside))
             if seed == seeds[0]:
                 fine = parsed(bench.config_files("search_fine"), overrides)
                 searcher = fine.get_parsed_content("searcher")
@@ -1057,21 +1068,25 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
             "margin_in_noise_floors": (net["mean"] - rs["dice_mean"]) / noise_floor if noise_floor > 0 else None,
         }
 
+    # the coarse stage is judged on the random architectures its supernets hold: under a compute budget, those the
+    # budget admits (``fitness_part``); the proxies are judged on the same ones
+    scored = [n for n in random_names if all(n in fitness["coarse"][str(s)] for s in seeds)]
+    scored_dice = [nets[n]["mean"] for n in scored]
     correlation: Dict[str, Any] = {"coarse": {}, "fine": {}}
     for s in seeds:
         scores = fitness["coarse"][str(s)]
         correlation["coarse"][str(s)] = {
-            "architecture": kendall_spearman([scores[n]["architecture"] for n in random_names], random_dice),
-            "topology": kendall_spearman([scores[n]["topology"] for n in random_names], random_dice),
+            "architecture": kendall_spearman([scores[n]["architecture"] for n in scored], scored_dice),
+            "topology": kendall_spearman([scores[n]["topology"] for n in scored], scored_dice),
         }
     ops_dice = [nets[n]["mean"] for n in ops_names]
     if ops_names:  # none in a search variant's run (``--ops 0``): the fine stage is not measured there
         correlation["fine"]["0"] = kendall_spearman([fitness["fine"][n]["architecture"] for n in ops_names], ops_dice)
-    taus = [c["architecture"]["kendall_tau"] for c in correlation["coarse"].values()]
+    taus = [correlation["coarse"][str(s)]["architecture"]["kendall_tau"] for s in seeds]
     coarse_tau = statistics.fmean(taus) if all(t is not None for t in taus) else None
     fine_tau = correlation["fine"]["0"]["kendall_tau"] if ops_names else None
     values = found["proxies"]["proxies"]
-    stages = [("coarse", random_names, random_dice)] + ([("fine", ops_names, ops_dice)] if ops_names else [])
+    stages = [("coarse", scored, scored_dice)] + ([("fine", ops_names, ops_dice)] if ops_names else [])
     proxy_tau = {
         stage: {p: kendall_spearman([values[n][p] for n in names], dice) for p in ("parameters", "gmacs", "synflow")}
         for stage, names, dice in stages
@@ -1108,6 +1123,7 @@ def analyse(found: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
             ),
         },
         "correlation": correlation,
+        "coarse_scored": {"random": scored, "outside_space": sorted(set(random_names) - set(scored))},
         "proxy_correlation": proxy_tau,
         "baselines": {n: nets[n] for n in ("panc", *BASELINES)},
         "baseline_epochs": found["baseline_epochs"],
@@ -1166,13 +1182,14 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
     paths = []
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    random_names = sorted(f["random"])
+    scored = f.get("coarse_scored", {}).get("random", sorted(f["random"]))  # (older reports: all of them)
     for s, scores in fitness["coarse"].items():
-        x = [scores[n]["architecture"] for n in random_names]
-        y, err = [nets[n]["mean"] for n in random_names], [nets[n]["std"] for n in random_names]
+        x = [scores[n]["architecture"] for n in scored]
+        y, err = [nets[n]["mean"] for n in scored], [nets[n]["std"] for n in scored]
         axes[0].errorbar(x, y, yerr=err, fmt="o", alpha=0.7, capsize=2, label=f"coarse supernets, seed {s}")
     tau = f["correlation"]["coarse"]["0"]["architecture"]["kendall_tau"]
-    axes[0].set(title=f"coarse stage: random architectures (tau seed 0: {_fmt(tau)})", ylabel=label)
+    within = f" ({len(scored)} of {len(f['random'])} in its space)" if len(scored) < len(f["random"]) else ""
+    axes[0].set(title=f"coarse stage: random architectures{within} (tau seed 0: {_fmt(tau)})", ylabel=label)
     axes[0].set_xlabel("supernet fitness (validation Dice, inherited weights)")
     axes[0].legend(fontsize=8)
     ops_names = sorted(f["ops"])
@@ -1547,6 +1564,12 @@ def print_report(report: Dict[str, Any]) -> None:
         f"searched over seeds: mean {spread['mean']:.4f}, std {spread['std']:.4f}, range {spread['min']:.4f}-"
         f"{spread['max']:.4f}, {spread['distinct_architectures']} distinct architectures"
     )
+    outside = f.get("coarse_scored", {}).get("outside_space", [])
+    if outside:
+        print(
+            f"coarse τ and its proxies over the {len(f['random']) - len(outside)} random architectures in the "
+            f"supernets' space; outside it (the compute budget rules their topology out): {', '.join(outside)}"
+        )
     print("\n| ranked by (against the stand-alone Dice) | Kendall τ | Spearman ρ | points |\n|---|---|---|---|")
     for s, c in f["correlation"]["coarse"].items():
         for kind, label in (("architecture", "its own ops"), ("topology", "topology fitness")):

@@ -296,6 +296,50 @@ def test_a_search_variant_runs_no_op_assignments_and_reports_the_fine_stage_as_n
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pictures)
 
 
+def test_a_compute_budget_scores_only_the_random_architectures_its_supernets_hold(benchmark, tmp_path, capsys):
+    """Under ``max_gmacs`` the coarse supernets hold only the topologies whose cheapest ops fit (``in_coarse_space``);
+    the random architectures outside have no fitness. The coarse τ and the proxies' τ are then taken over the ones
+    inside, named in the figures and the report; the random baselines (q75, random search) keep all of them."""
+    from helpers import small_stage
+
+    probe = small_stage("coarse", tmp_path / "probe")
+    assert all(benchmark.in_coarse_space(probe, t) for t in probe.space.topologies), "no budget: the whole space"
+    cheapest = {t: probe.gmacs(probe.cheapest(t)) for t in probe.space.topologies}
+    budget = sorted(cheapest.values())[len(cheapest) // 2]
+    budgeted = small_stage("coarse", tmp_path / "budget", max_gmacs=budget)
+    inside = {t for t in probe.space.topologies if benchmark.in_coarse_space(budgeted, t)}
+    assert inside == {t for t, g in cheapest.items() if g <= budget} and 0 < len(inside) < len(cheapest)
+
+    args = benchmark.argparse.Namespace(training_seeds=2, orders=50)
+    parts, whole = _made_up_parts(0), benchmark.analyse(_made_up_parts(0), args)
+    for scores in parts["fitness"]["coarse"].values():
+        del scores["random01"]
+    figures = benchmark.analyse(parts, args)
+    assert figures["coarse_scored"] == {"random": ["random00", "random02", "random03"], "outside_space": ["random01"]}
+    assert whole["coarse_scored"]["outside_space"] == []
+    dice = [figures["networks"][n]["mean"] for n in figures["coarse_scored"]["random"]]
+    for s, scores in parts["fitness"]["coarse"].items():
+        fitness = [scores[n]["architecture"] for n in figures["coarse_scored"]["random"]]
+        assert figures["correlation"]["coarse"][s]["architecture"] == benchmark.kendall_spearman(fitness, dice)
+    gmacs = [parts["proxies"]["proxies"][n]["gmacs"] for n in figures["coarse_scored"]["random"]]
+    assert figures["proxy_correlation"]["coarse"]["gmacs"] == benchmark.kendall_spearman(gmacs, dice)
+    assert figures["proxy_correlation"]["coarse"]["gmacs"]["points"] == 3
+    assert figures["random_q75"] == whole["random_q75"] and figures["searched"] == whole["searched"]
+
+    report = {
+        "machine": {"cpu": "test CPU", "cpu_id": "f0m0", "cores": 2, "torch": "test"},
+        "settings": {"task": "tubes", "tag": "@budget"},
+        "fitness": parts["fitness"],
+        "figures": figures,
+        "wall_s": {"search": 20.0, "fitness": 1.0, "train": 220.0, "this_run": 1.0},
+        "reused_parts": [],
+        "parts_ran_on": {},
+    }
+    benchmark.print_report(report)
+    assert "over the 3 random architectures in the supernets' space; outside it" in capsys.readouterr().out
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in benchmark.plot(report, tmp_path))
+
+
 @pytest.mark.parametrize("unet_wall_s, judged", [(10.5, True), (8.5, False)])
 def test_the_moonshot_is_judged_only_at_equal_measured_wall_time(benchmark, unet_wall_s, judged):
     """MONAI's networks get the searched network's training time from a calibration; where a reference's trainings
