@@ -239,6 +239,19 @@ def _made_up_parts(ops: int) -> dict:
     }
 
 
+def _made_up_report(fitness: dict, figures: dict, tag: str) -> dict:
+    """A finished run's report around ``fitness`` and ``figures``, as ``print_report`` and ``plot`` read it."""
+    return {
+        "machine": {"cpu": "test CPU", "cpu_id": "f0m0", "cores": 2, "torch": "test"},
+        "settings": {"task": "tubes", "tag": tag},
+        "fitness": fitness,
+        "figures": figures,
+        "wall_s": {"search": 20.0, "fitness": 1.0, "train": 220.0, "this_run": 1.0},
+        "reused_parts": [],
+        "parts_ran_on": {},
+    }
+
+
 def test_a_search_variant_runs_no_op_assignments_and_reports_the_fine_stage_as_not_measured(
     benchmark, tmp_path, capsys
 ):
@@ -273,16 +286,7 @@ def test_a_search_variant_runs_no_op_assignments_and_reports_the_fine_stage_as_n
         assert targets[name] == measured["targets"][name], "the op assignments change no coarse figure"
     assert variant_figures["correlation"]["coarse"] == measured["correlation"]["coarse"]
 
-    parts = _made_up_parts(0)
-    report = {
-        "machine": {"cpu": "test CPU", "cpu_id": "f0m0", "cores": 2, "torch": "test"},
-        "settings": {"task": "tubes", "tag": "@finalists"},
-        "fitness": parts["fitness"],
-        "figures": variant_figures,
-        "wall_s": {"search": 20.0, "fitness": 1.0, "train": 220.0, "this_run": 1.0},
-        "reused_parts": [],
-        "parts_ran_on": {},
-    }
+    report = _made_up_report(_made_up_parts(0)["fitness"], variant_figures, "@finalists")
     benchmark.print_report(report)
     printed = capsys.readouterr().out
     assert "| fine_kendall_tau_ge_0.5 | n/a | not measured in this run |" in printed
@@ -326,15 +330,7 @@ def test_a_compute_budget_scores_only_the_random_architectures_its_supernets_hol
     assert figures["proxy_correlation"]["coarse"]["gmacs"]["points"] == 3
     assert figures["random_q75"] == whole["random_q75"] and figures["searched"] == whole["searched"]
 
-    report = {
-        "machine": {"cpu": "test CPU", "cpu_id": "f0m0", "cores": 2, "torch": "test"},
-        "settings": {"task": "tubes", "tag": "@budget"},
-        "fitness": parts["fitness"],
-        "figures": figures,
-        "wall_s": {"search": 20.0, "fitness": 1.0, "train": 220.0, "this_run": 1.0},
-        "reused_parts": [],
-        "parts_ran_on": {},
-    }
+    report = _made_up_report(parts["fitness"], figures, "@budget")
     benchmark.print_report(report)
     assert "over the 3 random architectures in the supernets' space; outside it" in capsys.readouterr().out
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in benchmark.plot(report, tmp_path))
