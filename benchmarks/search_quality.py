@@ -720,10 +720,11 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
     Records keep the searches' results, not their supernets: where this part has no record and a search's supernets
     are not in this work dir (another machine, a cleaned scratch), that search runs again and must give its record's
     architecture. Under a compute budget, random architectures whose topology the budget rules out have no supernet
-    to be scored on: they are listed under ``outside_space`` (per search seed) instead."""
+    to be scored on and no coarse fitness (``in_coarse_space``)."""
     from networks import Architecture
 
     seeds = [int(s) for s in searches]
+    coarse_archs = {n: a for n, a in archs.items() if not n.startswith("ops")}
 
     def run(folder: Path) -> Dict[str, Any]:
         start, found = time.perf_counter(), {"coarse": {}, "fine": {}}
@@ -731,14 +732,11 @@ def fitness_part(bench: Bench, searches: Dict[str, Dict[str, Any]], archs: Dict[
             overrides = bench.overrides(bench.work_dir / "runs" / search_name(bench, seed), seed=seed)
             coarse = parsed(bench.config_files("search_coarse"), overrides)
             searcher = coarse.get_parsed_content("searcher")
-            coarse_archs = {n: a for n, a in archs.items() if not n.startswith("ops")}
-            inside = {n: a for n, a in coarse_archs.items() if in_coarse_space(searcher, a["levels"])}
             found["coarse"][str(seed)] = {
                 name: searcher.score(Architecture(tuple(arch["levels"]), tuple(arch["ops"])))
-                for name, arch in inside.items()
+                for name, arch in coarse_archs.items()
+                if in_coarse_space(searcher, arch["levels"])
             }
-            if len(inside) < len(coarse_archs):  # a budget's supernets hold only the topologies it admits
-                found.setdefault("outside_space", {})[str(seed)] = sorted(set(coarse_archs) - set(inside))
             if seed == seeds[0]:
                 fine = parsed(bench.config_files("search_fine"), overrides)
                 searcher = fine.get_parsed_content("searcher")
@@ -1182,7 +1180,7 @@ def plot(report: Dict[str, Any], work_dir: Path) -> List[Path]:
     paths = []
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    scored = f.get("coarse_scored", {}).get("random", sorted(f["random"]))  # (older reports: all of them)
+    scored = f["coarse_scored"]["random"]
     for s, scores in fitness["coarse"].items():
         x = [scores[n]["architecture"] for n in scored]
         y, err = [nets[n]["mean"] for n in scored], [nets[n]["std"] for n in scored]
@@ -1564,7 +1562,7 @@ def print_report(report: Dict[str, Any]) -> None:
         f"searched over seeds: mean {spread['mean']:.4f}, std {spread['std']:.4f}, range {spread['min']:.4f}-"
         f"{spread['max']:.4f}, {spread['distinct_architectures']} distinct architectures"
     )
-    outside = f.get("coarse_scored", {}).get("outside_space", [])
+    outside = f["coarse_scored"]["outside_space"]
     if outside:
         print(
             f"coarse τ and its proxies over the {len(f['random']) - len(outside)} random architectures in the "
