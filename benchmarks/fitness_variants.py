@@ -15,9 +15,12 @@ supernets, the random architectures with their own ops) and fine (seed 0's fine 
 supernet is trained again, so this measures only the fitness, not the supernet training. ``--overrides`` (JSON)
 changes the searchers' settings for the scoring, for example the evaluation budget
 (``{"search_overlap": 0.0, "search_val_cases": 3}``), so two runs compare fitness budgets on the same supernets.
-Writes ``fitness_variants[_<tag>].json`` into the work dir.
+A search variant's run (``search_quality.py --search_layers``) is read with the same ``--search_layers``: its
+report and supernets carry the variant's name. Writes ``fitness_variants[@<variant>][_<tag>].json`` into the work
+dir.
 
     .venv/bin/python benchmarks/fitness_variants.py [--work_dir runs/search_quality] [--overrides JSON --tag NAME]
+        [--search_layers benchmarks/recipes/coarse_2600_steps.json]
 """
 
 from __future__ import annotations
@@ -73,10 +76,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "search_quality", help="a finished run")
     parser.add_argument("--overrides", type=json.loads, default={}, help="settings of the scoring searchers (JSON)")
     parser.add_argument("--tag", default="", help="written as fitness_variants_<tag>.json")
+    parser.add_argument(
+        "--search_layers", default="", help="the search variant's layers, as the run was given them (comma-separated)"
+    )
     args = parser.parse_args(argv)
-    report_file = args.work_dir / "search_quality.json"
+    layers = [Path(f) for f in args.search_layers.split(",") if f]
+    variant = "@" + "+".join(f.stem for f in layers) if layers else ""  # as search_quality.py names its parts
+    report_file = args.work_dir / f"search_quality{variant}.json"
     if not report_file.exists():
-        parser.error(f"--work_dir {args.work_dir}: no search_quality.json (run benchmarks/search_quality.py first)")
+        parser.error(f"--work_dir {args.work_dir}: no {report_file.name} (run benchmarks/search_quality.py first)")
     sq.bundle_importable()
     from networks import Architecture
 
@@ -87,8 +95,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if task == "embedded" and dataset_dir == sq.BUNDLE / "data" / "synthetic":
         dataset_dir = None  # as the benchmark ran it: the bundle's default
     bench = sq.Bench(args.work_dir, dataset_dir, Path(settings["profile"]), True)
+    if layers:
+        bench.use_search_layers(layers)
     names = sq.parsed(
-        bench.config_files("search_coarse"), bench.overrides(args.work_dir / "runs" / "search_seed0")
+        bench.config_files("search_coarse"), bench.overrides(args.work_dir / "runs" / f"search{variant}_seed0")
     ).get_parsed_content("class_names")
     random_names = sorted(n for n in archs if n.startswith("random"))
     ops_names = sorted(n for n in archs if n.startswith("ops"))
@@ -98,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
     for seed in sorted(report["search"], key=int):
-        overrides = bench.overrides(args.work_dir / "runs" / f"search_seed{seed}", seed=int(seed), **args.overrides)
+        folder = args.work_dir / "runs" / f"search{variant}_seed{seed}"
+        overrides = bench.overrides(folder, seed=int(seed), **args.overrides)
         coarse = sq.parsed(bench.config_files("search_coarse"), overrides)
         searcher = coarse.get_parsed_content("searcher")
         scores[f"coarse {seed}"] = {}
@@ -107,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 continue  # a compute budget rules its topology out: no supernet holds it (as the benchmark's fitness)
             supernet = searcher.kept_supernet(f"cluster{searcher.space.cluster_of(arch(n).levels)}")
             scores[f"coarse {seed}"][n] = variant_scores(searcher, supernet.path_network(arch(n)), names)
-        if seed == "0":
+        if seed == "0" and ops_names:  # a variant's run draws no op assignments: no fine figures
             fine = sq.parsed(bench.config_files("search_fine"), overrides)
             searcher = fine.get_parsed_content("searcher")
             supernet = searcher.kept_supernet("ops")
@@ -131,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = {"work_dir": str(args.work_dir), "task": task, "overrides": args.overrides, "scores": scores}
     result["correlation"] = correlation
     result["summary"] = summary
-    sq.atomic_json(args.work_dir / f"fitness_variants{'_' + args.tag if args.tag else ''}.json", result)
+    sq.atomic_json(args.work_dir / f"fitness_variants{variant}{'_' + args.tag if args.tag else ''}.json", result)
 
     header = " | ".join(f"coarse τ seed {s.split()[1]}" for s in coarse_stages)
     print(f"\n| fitness variant | {header} | coarse τ mean | fine τ |\n|---|{'---|' * (len(coarse_stages) + 2)}")

@@ -102,6 +102,7 @@ class PatchStream:
 
 class DiceEvaluator:
     """The project's mean Dice (``search.dice``) of a predictor on validation volumes, by sliding-window inference.
+    With ``soft``, the same formula on the softmax probabilities instead of the one-hot argmax (a soft Dice).
 
     The preprocessed volumes are read once (``cases``) and kept. Under DDP each rank is given its own share of the
     cases (possibly none) and the per-class sums and counts are added over ranks, so every rank gets the Dice of the
@@ -122,21 +123,26 @@ class DiceEvaluator:
         overlap: float = 0.25,
         device: torch.device = torch.device("cpu"),
         amp: bool = False,
+        soft: bool = False,
     ):
         self.cases = [(_plain(case["image"]), _plain(case["label"])) for case in (cases[i] for i in range(len(cases)))]
         self.num_classes, self.roi_size = num_classes, tuple(roi_size)
         self.sw_batch_size, self.overlap, self.device, self.amp = sw_batch_size, overlap, torch.device(device), amp
+        self.soft = soft
 
     @torch.inference_mode()
     def per_class(self, predictor: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Dice per case and foreground class, ``(cases, num_classes - 1)`` (``dice_per_case``)."""
+        """Dice per case and foreground class, ``(cases, num_classes - 1)`` (``dice_per_case``; of the softmax
+        probabilities with ``soft``)."""
         rows = []
         for image, label in self.cases:
             with torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
                 logits = sliding_window_inference(
                     image[None].to(self.device), self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap
                 )
-            prediction = one_hot(logits.argmax(1, keepdim=True), self.num_classes)
+            prediction = (
+                logits.float().softmax(1) if self.soft else one_hot(logits.argmax(1, keepdim=True), self.num_classes)
+            )
             truth = one_hot(label[None].to(self.device).long(), self.num_classes)
             rows.append(dice_per_case(prediction, truth).cpu())
         return torch.cat(rows).float() if rows else torch.empty(0, self.num_classes - 1)

@@ -15,7 +15,9 @@ import torch
 
 from networks import OPS
 
-__all__ = ["SearchSettingsError", "SearchSettings", "check_setting"]
+__all__ = ["FITNESS", "SearchSettingsError", "SearchSettings", "check_setting"]
+
+FITNESS = ("dice", "soft_dice")  # the candidate ratings ``SearchSettings.fitness`` names
 
 
 class SearchSettingsError(ValueError):
@@ -77,6 +79,9 @@ class SearchSettings:
         max_gmacs: a compute budget: the most multiply-adds (in 1e9) one ``roi_size`` window of the deployed network
             (``base_channels``, batch 1) may cost (``networks.window_macs``); candidates above it are never drawn,
             bred or chosen, and clusters with no topology within it are not trained. 0: no budget.
+        fitness: how a candidate is rated on the validation cases: ``"dice"``, the project's Dice of the argmax
+            prediction (``search.dice``), or ``"soft_dice"``, the same formula on the softmax probabilities, which
+            moves with every voxel's confidence and so still ranks candidates whose argmax misses a small class.
         keep_supernets: also write each trained supernet's weights to ``output_dir/supernets/`` so that other
             architectures can be scored after the search (``CoarseSearch.score``, ``FineSearch.score``); off by default
             (at the default budget the eight coarse supernets take several hundred MB).
@@ -110,6 +115,7 @@ class SearchSettings:
     show_progress: bool = True
     keep_supernets: bool = False
     max_gmacs: float = 0.0
+    fitness: str = "dice"
     class_names: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
@@ -146,6 +152,8 @@ class SearchSettings:
                 f"search settings 'sample_size' {self.sample_size} and 'population_size' {self.population_size}: "
                 "the tournament cannot be larger than the population"
             )
+        if self.fitness not in FITNESS:
+            raise SearchSettingsError(f"search setting 'fitness': {self.fitness!r} is not one of {list(FITNESS)}")
         roi = (self.roi_size,) * 3 if isinstance(self.roi_size, int) else tuple(self.roi_size)
         if len(roi) != 3:
             raise SearchSettingsError(f"search setting 'roi_size': {list(roi)} does not have 3 sides")

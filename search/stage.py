@@ -189,7 +189,7 @@ class SearchStage:
             share = self.val_data[self.rank :: self.world_size]  # this rank's validation cases
             cases = cached_dataset(share, self.preprocessing, 1.0, s.num_workers)
             self._evaluator = DiceEvaluator(
-                cases, s.out_channels, s.roi_size, s.sw_batch_size, s.overlap, s.device, s.amp
+                cases, s.out_channels, s.roi_size, s.sw_batch_size, s.overlap, s.device, s.amp, s.fitness == "soft_dice"
             )
         return self._evaluator
 
@@ -395,9 +395,17 @@ class SearchStage:
 
     def non_default_settings(self) -> Dict[str, Any]:
         """The settings added after states were first saved, named only when not at their default (a compute budget,
-        bfloat16 supernets), so the fingerprints and provenance of searches without them stay as they were."""
+        bfloat16 supernets, the soft-Dice fitness), so the fingerprints and provenance of searches without them stay
+        as they were."""
         s = self.settings
-        return {**({"max_gmacs": s.max_gmacs} if s.max_gmacs > 0 else {}), **({"cpu_bf16": True} if s.cpu_bf16 else {})}
+        found: Dict[str, Any] = {}
+        if s.max_gmacs > 0:
+            found["max_gmacs"] = s.max_gmacs
+        if s.cpu_bf16:
+            found["cpu_bf16"] = True
+        if s.fitness != "dice":
+            found["fitness"] = s.fitness
+        return found
 
     def provenance(self, **extra: Any) -> Dict[str, Any]:
         s = self.settings

@@ -149,6 +149,48 @@ def test_dice_evaluator():
     assert evaluator.per_class(only_class_1).shape == (2, 2)
 
 
+def test_soft_dice_fitness_rates_the_probabilities_where_the_argmax_is_blind(tmp_path):
+    """search_fitness soft_dice: the Dice formula on the softmax probabilities. Two predictors with the same argmax
+    (no foreground at all) get the same Dice, 0, but different soft Dice, higher for the one nearer the label; a
+    confident right prediction gets nearly 1 either way. The setting reaches the evaluator and the fingerprint, and
+    an unknown fitness is refused by name."""
+    from helpers import array_transforms
+    from monai.networks.utils import one_hot
+
+    from search import SearchSettingsError
+    from search.dice import dice_per_case, reduce_dice
+
+    cases = cached_dataset([rods_case(i) for i in range(2)], array_transforms()[0])
+    hard = DiceEvaluator(cases, num_classes=3, roi_size=(16, 16, 64), sw_batch_size=1)
+    soft = DiceEvaluator(cases, num_classes=3, roi_size=(16, 16, 64), sw_batch_size=1, soft=True)
+
+    def label_of(window):
+        return next(label for image, label in hard.cases if torch.equal(image[None], window))[None].long()
+
+    def unsure(margin):  # background wins everywhere by ``margin``; the true class is the runner-up
+        def predict(window):
+            logits = torch.where(one_hot(label_of(window), 3) > 0, 0.0, -4.0)
+            logits[:, 0] = margin
+            return logits
+
+        return predict
+
+    near, far = unsure(0.5), unsure(3.0)
+    assert hard(near) == hard(far) == 0.0
+    assert 0 < soft(far) < soft(near) < 1
+    truth = one_hot(label_of(hard.cases[0][0][None]), 3)
+    expected = reduce_dice(dice_per_case(near(hard.cases[0][0][None]).softmax(1), truth))[0]
+    assert soft.per_class(near)[0].mean().item() == pytest.approx(expected, abs=1e-6)
+    assert soft(lambda w: 20.0 * one_hot(label_of(w), 3)) == pytest.approx(1.0, abs=1e-6)
+
+    stage = small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1)), fitness="soft_dice")
+    assert stage.evaluator.soft and stage.fingerprint()["fitness"] == "soft_dice"
+    plain = small_stage("fine", tmp_path / "plain", topology=Architecture((1, 2, 2, 1)))
+    assert not plain.evaluator.soft and "fitness" not in plain.fingerprint()  # states saved before it still resume
+    with pytest.raises(SearchSettingsError, match="search setting 'fitness': 'loss' is not one of"):
+        small_stage("fine", tmp_path / "bad", topology=Architecture((1, 2, 2, 1)), fitness="loss")
+
+
 def _png(path):
     data = Path(path).read_bytes()
     return data[:8] == PNG_MAGIC and len(data) > 5000

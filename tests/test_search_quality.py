@@ -184,6 +184,14 @@ def test_quick_search_variant_shares_the_random_architectures_and_trains_only_wh
     assert "not measured in this run" in done.stdout
     assert (work_dir / "search_quality.json").read_text() == before
     assert (work_dir / "searched_vs_random@longer_clusters.png").read_bytes()[:8] == PNG_MAGIC
+    # fitness_variants.py reads the variant's report and supernets with the same layers: coarse only (no op assignments)
+    script = ROOT / "benchmarks" / "fitness_variants.py"
+    done = launch([script, "--work_dir", work_dir, "--search_layers", layer], ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    variants = json.loads((work_dir / "fitness_variants@longer_clusters.json").read_text())
+    assert set(variants["scores"]) == {"coarse 0", "coarse 1"}
+    for name, scores in variants["scores"]["coarse 0"].items():
+        assert scores["dice"] == pytest.approx(other["fitness"]["coarse"]["0"][name]["architecture"], abs=1e-6)
 
 
 def test_ruler_reliability_separates_real_spread_from_training_noise(benchmark):
