@@ -55,7 +55,7 @@ bench: $(STAMP)
 # supernet, twice the coarse supernet training, a compute budget); finished parts are committed under
 # benchmarks/results/search_quality/ and reused on a re-run.
 SEARCH_VARIANTS := "" benchmarks/recipes/finalists.json benchmarks/recipes/coarse_2600_steps.json \
-    benchmarks/recipes/budget_0.26_gmacs.json
+    benchmarks/recipes/budget_0.26_gmacs.json benchmarks/recipes/soft_dice_fitness.json
 search-quality: $(STAMP)
 	for variant in $(SEARCH_VARIANTS); do for task in brain_mr tubes; do \
 		$(PY) benchmarks/search_quality.py --task $$task --search_layers "$$variant" || exit 1; done; done
