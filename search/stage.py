@@ -404,7 +404,7 @@ class SearchStage:
         if s.cpu_bf16:
             found["cpu_bf16"] = True
         if s.fitness != "dice":
-            found["fitness"] = s.fitness
+            found["search_fitness"] = s.fitness  # not "fitness": the provenance's "fitness" is a candidate's value
         return found
 
     def provenance(self, **extra: Any) -> Dict[str, Any]:

@@ -184,9 +184,11 @@ def test_soft_dice_fitness_rates_the_probabilities_where_the_argmax_is_blind(tmp
     assert soft(lambda w: 20.0 * one_hot(label_of(w), 3)) == pytest.approx(1.0, abs=1e-6)
 
     stage = small_stage("fine", tmp_path, topology=Architecture((1, 2, 2, 1)), fitness="soft_dice")
-    assert stage.evaluator.soft and stage.fingerprint()["fitness"] == "soft_dice"
+    assert stage.evaluator.soft and stage.fingerprint()["search_fitness"] == "soft_dice"
+    provenance = stage.provenance(fitness=0.25)  # an architecture file says which fitness chose it, and its value
+    assert provenance["search_fitness"] == "soft_dice" and provenance["fitness"] == 0.25
     plain = small_stage("fine", tmp_path / "plain", topology=Architecture((1, 2, 2, 1)))
-    assert not plain.evaluator.soft and "fitness" not in plain.fingerprint()  # states saved before it still resume
+    assert not plain.evaluator.soft and "search_fitness" not in plain.fingerprint()  # saved states still resume
     with pytest.raises(SearchSettingsError, match="search setting 'fitness': 'loss' is not one of"):
         small_stage("fine", tmp_path / "bad", topology=Architecture((1, 2, 2, 1)), fitness="loss")
 
