@@ -81,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     )
     args = parser.parse_args(argv)
     layers = [Path(f) for f in args.search_layers.split(",") if f]
-    variant = "@" + "+".join(f.stem for f in layers) if layers else ""  # as search_quality.py names its parts
+    variant = sq.variant_name(layers)
     report_file = args.work_dir / f"search_quality{variant}.json"
     if not report_file.exists():
         parser.error(f"--work_dir {args.work_dir}: no {report_file.name} (run benchmarks/search_quality.py first)")
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if layers:
         bench.use_search_layers(layers)
     names = sq.parsed(
-        bench.config_files("search_coarse"), bench.overrides(args.work_dir / "runs" / f"search{variant}_seed0")
+        bench.config_files("search_coarse"), bench.overrides(args.work_dir / "runs" / sq.search_name(bench, 0))
     ).get_parsed_content("class_names")
     random_names = sorted(n for n in archs if n.startswith("random"))
     ops_names = sorted(n for n in archs if n.startswith("ops"))
@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
     for seed in sorted(report["search"], key=int):
-        folder = args.work_dir / "runs" / f"search{variant}_seed{seed}"
+        folder = args.work_dir / "runs" / sq.search_name(bench, int(seed))
         overrides = bench.overrides(folder, seed=int(seed), **args.overrides)
         coarse = sq.parsed(bench.config_files("search_coarse"), overrides)
         searcher = coarse.get_parsed_content("searcher")

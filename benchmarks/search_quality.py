@@ -281,7 +281,7 @@ class Bench:
         if missing:
             raise ValueError(f"{', '.join(missing)}: do not exist")
         before = [config_inputs(self.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
-        self.search_layers, self.variant = [Path(f) for f in layers], "@" + "+".join(Path(f).stem for f in layers)
+        self.search_layers, self.variant = [Path(f) for f in layers], variant_name(layers)
         after = [config_inputs(self.config_files(stage), drop_search=True) for stage in ("train", "evaluate")]
         if before != after:
             changed = sorted({k for b, a in zip(before, after) for k in {*b, *a} if b.get(k) != a.get(k)})
@@ -565,6 +565,12 @@ def parsed(files: Sequence[Path], overrides: Dict[str, Any]):
 
 
 # ---------------------------------------------------------------------------------------------------- parts
+
+
+def variant_name(layers: Sequence[Path]) -> str:
+    """What the parts and the report of a search variant with config ``layers`` carry after their name (``@<stems>``;
+    empty for the search as configured)."""
+    return "@" + "+".join(Path(f).stem for f in layers) if layers else ""
 
 
 def search_name(bench: Bench, seed: int) -> str:
