@@ -15,6 +15,10 @@ supernets, the random architectures with their own ops) and fine (seed 0's fine 
 supernet is trained again, so this measures only the fitness, not the supernet training. ``--overrides`` (JSON)
 changes the searchers' settings for the scoring, for example the evaluation budget
 (``{"search_overlap": 0.0, "search_val_cases": 3}``), so two runs compare fitness budgets on the same supernets.
+``--finetune_steps K`` first trains a copy of each architecture's path, from the supernet's weights, for K steps
+(the search's optimizer, loss, precision and training patches, the learning rate decaying from the search's to 0
+by cosine; the same K batches for every architecture), then scores the copy: a fitness that asks how well a path
+adapts, not only how well it does with weights it shares (the kept supernets are not changed).
 A search variant's run (``search_quality.py --search_layers``) is read with the same ``--search_layers``: its
 report and supernets carry the variant's name. Writes ``fitness_variants[@<variant>][_<tag>].json`` into the work
 dir.
@@ -29,6 +33,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -71,15 +76,42 @@ def variant_scores(searcher: Any, network: Any, class_names: Sequence[str]) -> D
     return {k: (0.0 if v != v else v) for k, v in scores.items()}  # NaN (no value anywhere) counts as 0, as the search
 
 
+def finetuned(searcher: Any, supernet: Any, arch: Any, steps: int) -> Any:
+    """A copy of ``supernet``'s path ``arch`` trained ``steps`` more steps as the search trains a supernet (its SGD
+    settings, loss, ``cpu_bf16`` and patch stream from draw 0, cosine decay to 0), in eval mode."""
+    import torch
+
+    from networks.precision import CPUBFloat16
+    from search.engine import cosine_schedule
+
+    s = searcher.settings
+    network = supernet.derive(arch).train()
+    optimizer = torch.optim.SGD(
+        network.parameters(), lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay
+    )
+    scheduler = cosine_schedule(optimizer, steps)
+    precision = CPUBFloat16(s.cpu_bf16)
+    for batch in searcher.stream.batches(0, steps):
+        optimizer.zero_grad(set_to_none=True)
+        image, label = batch["image"].to(s.device), batch["label"].to(s.device)
+        searcher.loss_function(precision.forward(network, image), label).backward()
+        optimizer.step()
+        scheduler.step()
+    return network.eval()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "search_quality", help="a finished run")
     parser.add_argument("--overrides", type=json.loads, default={}, help="settings of the scoring searchers (JSON)")
     parser.add_argument("--tag", default="", help="written as fitness_variants_<tag>.json")
+    parser.add_argument("--finetune_steps", type=int, default=0, help="train each path this many steps first")
     parser.add_argument(
         "--search_layers", default="", help="the search variant's layers, as the run was given them (comma-separated)"
     )
     args = parser.parse_args(argv)
+    if args.finetune_steps < 0:
+        parser.error(f"--finetune_steps {args.finetune_steps}: need 0 or more steps")
     layers = [Path(f) for f in args.search_layers.split(",") if f]
     variant = sq.variant_name(layers)
     report_file = args.work_dir / f"search_quality{variant}.json"
@@ -106,7 +138,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     def arch(name: str) -> Architecture:
         return Architecture(tuple(archs[name]["levels"]), tuple(archs[name]["ops"]))
 
+    def path(searcher: Any, supernet: Any, name: str) -> Any:  # the network scored for ``name``
+        if args.finetune_steps:
+            return finetuned(searcher, supernet, arch(name), args.finetune_steps)
+        return supernet.path_network(arch(name))
+
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
+    started = time.perf_counter()
     for seed in sorted(report["search"], key=int):
         folder = args.work_dir / "runs" / sq.search_name(bench, int(seed))
         overrides = bench.overrides(folder, seed=int(seed), **args.overrides)
@@ -117,13 +155,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             if not sq.in_coarse_space(searcher, archs[n]["levels"]):
                 continue  # a compute budget rules its topology out: no supernet holds it (as the benchmark's fitness)
             supernet = searcher.kept_supernet(f"cluster{searcher.space.cluster_of(arch(n).levels)}")
-            scores[f"coarse {seed}"][n] = variant_scores(searcher, supernet.path_network(arch(n)), names)
+            scores[f"coarse {seed}"][n] = variant_scores(searcher, path(searcher, supernet, n), names)
         if seed == "0" and ops_names:  # a variant's run draws no op assignments: no fine figures
             fine = sq.parsed(bench.config_files("search_fine"), overrides)
             searcher = fine.get_parsed_content("searcher")
             supernet = searcher.kept_supernet("ops")
-            scores["fine 0"] = {n: variant_scores(searcher, supernet.path_network(arch(n)), names) for n in ops_names}
-        print(f"seed {seed} scored", flush=True)
+            scores["fine 0"] = {n: variant_scores(searcher, path(searcher, supernet, n), names) for n in ops_names}
+        print(f"seed {seed} scored ({time.perf_counter() - started:.0f} s)", flush=True)
 
     variants = list(next(iter(scores["coarse 0"].values())))
     correlation: Dict[str, Dict[str, Dict[str, Any]]] = {}
@@ -140,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "fine_tau": correlation.get("fine 0", {}).get(v, {}).get("kendall_tau"),
         }
     result = {"work_dir": str(args.work_dir), "task": task, "overrides": args.overrides, "scores": scores}
+    result.update(finetune_steps=args.finetune_steps, seconds=round(time.perf_counter() - started, 1))
     result["correlation"] = correlation
     result["summary"] = summary
     sq.atomic_json(args.work_dir / f"fitness_variants{variant}{'_' + args.tag if args.tag else ''}.json", result)
