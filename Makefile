@@ -51,11 +51,12 @@ bench: $(STAMP)
 
 # Does the search beat random picks from its space? Searches, random architectures, references and MONAI's UNet and
 # SegResNet, all trained by the bundle's configs with 3 training seeds each (docs/search_quality.md), on the
-# real-anatomy task and on tubes, for the search as configured and its three variants (finalists on a shared
-# supernet, twice the coarse supernet training, a compute budget); finished parts are committed under
-# benchmarks/results/search_quality/ and reused on a re-run.
+# real-anatomy task and on tubes, for the search as configured and its variants (finalists on a shared
+# supernet, twice the coarse supernet training, a compute budget, the soft-Dice and fine-tuned fitnesses); finished
+# parts are committed under benchmarks/results/search_quality/ and reused on a re-run.
 SEARCH_VARIANTS := "" benchmarks/recipes/finalists.json benchmarks/recipes/coarse_2600_steps.json \
-    benchmarks/recipes/budget_0.26_gmacs.json benchmarks/recipes/soft_dice_fitness.json
+    benchmarks/recipes/budget_0.26_gmacs.json benchmarks/recipes/soft_dice_fitness.json \
+    benchmarks/recipes/finetuned_fitness.json
 search-quality: $(STAMP)
 	for variant in $(SEARCH_VARIANTS); do for task in brain_mr tubes; do \
 		$(PY) benchmarks/search_quality.py --task $$task --search_layers "$$variant" || exit 1; done; done

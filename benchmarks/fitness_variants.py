@@ -15,10 +15,9 @@ supernets, the random architectures with their own ops) and fine (seed 0's fine 
 supernet is trained again, so this measures only the fitness, not the supernet training. ``--overrides`` (JSON)
 changes the searchers' settings for the scoring, for example the evaluation budget
 (``{"search_overlap": 0.0, "search_val_cases": 3}``), so two runs compare fitness budgets on the same supernets.
-``--finetune_steps K`` first trains a copy of each architecture's path, from the supernet's weights, for K steps
-(the search's optimizer, loss, precision and training patches, the learning rate decaying from the search's to 0
-by cosine; the same K batches for every architecture), then scores the copy: a fitness that asks how well a path
-adapts, not only how well it does with weights it shares (the kept supernets are not changed).
+``--finetune_steps K`` scores each architecture as the search setting ``search_finetune_steps`` K rates it
+(``SearchStage.finetuned``: a copy of its path trained K steps from the supernet's weights; the kept supernets are
+not changed): a fitness that asks how well a path adapts, not only how well it does with weights it shares.
 A search variant's run (``search_quality.py --search_layers``) is read with the same ``--search_layers``: its
 report and supernets carry the variant's name. Writes ``fitness_variants[@<variant>][_<tag>].json`` into the work
 dir.
@@ -76,30 +75,6 @@ def variant_scores(searcher: Any, network: Any, class_names: Sequence[str]) -> D
     return {k: (0.0 if v != v else v) for k, v in scores.items()}  # NaN (no value anywhere) counts as 0, as the search
 
 
-def finetuned(searcher: Any, supernet: Any, arch: Any, steps: int) -> Any:
-    """A copy of ``supernet``'s path ``arch`` trained ``steps`` more steps as the search trains a supernet (its SGD
-    settings, loss, ``cpu_bf16`` and patch stream from draw 0, cosine decay to 0), in eval mode."""
-    import torch
-
-    from networks.precision import CPUBFloat16
-    from search.engine import cosine_schedule
-
-    s = searcher.settings
-    network = supernet.derive(arch).train()
-    optimizer = torch.optim.SGD(
-        network.parameters(), lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay
-    )
-    scheduler = cosine_schedule(optimizer, steps)
-    precision = CPUBFloat16(s.cpu_bf16)
-    for batch in searcher.stream.batches(0, steps):
-        optimizer.zero_grad(set_to_none=True)
-        image, label = batch["image"].to(s.device), batch["label"].to(s.device)
-        searcher.loss_function(precision.forward(network, image), label).backward()
-        optimizer.step()
-        scheduler.step()
-    return network.eval()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", type=Path, default=sq.ROOT / "runs" / "search_quality", help="a finished run")
@@ -139,8 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return Architecture(tuple(archs[name]["levels"]), tuple(archs[name]["ops"]))
 
     def path(searcher: Any, supernet: Any, name: str) -> Any:  # the network scored for ``name``
-        if args.finetune_steps:
-            return finetuned(searcher, supernet, arch(name), args.finetune_steps)
+        if searcher.settings.finetune_steps:
+            return searcher.finetuned(supernet, arch(name))
         return supernet.path_network(arch(name))
 
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -148,6 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for seed in sorted(report["search"], key=int):
         folder = args.work_dir / "runs" / sq.search_name(bench, int(seed))
         overrides = bench.overrides(folder, seed=int(seed), **args.overrides)
+        if args.finetune_steps:
+            overrides["search_finetune_steps"] = args.finetune_steps
         coarse = sq.parsed(bench.config_files("search_coarse"), overrides)
         searcher = coarse.get_parsed_content("searcher")
         scores[f"coarse {seed}"] = {}

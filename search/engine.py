@@ -37,16 +37,17 @@ def create_supernet_trainer(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    sample_architecture: Callable[[int], Architecture],
+    sample_architecture: Optional[Callable[[int], Architecture]],
     device: torch.device,
     amp: bool = False,
     cpu_bf16: bool = False,
 ) -> Engine:
     """An ignite ``Engine`` whose step trains the single path ``sample_architecture(iteration)`` (0-based).
 
-    ``supernet`` is a ``C2FNASSupernet``; batches are dicts with ``image`` ``(B, C, *S)`` and ``label``
-    ``(B, 1, *S)``. Under DDP every rank samples the same path and the gradients are averaged over ranks before
-    the update, so the weights stay identical on all ranks. ``amp``: float16 with gradient scaling on CUDA;
+    ``supernet`` is a ``C2FNASSupernet``, or one path of it on its own (a ``C2FNASNet``) when
+    ``sample_architecture`` is None; batches are dicts with ``image`` ``(B, C, *S)`` and ``label`` ``(B, 1, *S)``.
+    Under DDP every rank samples the same path and the gradients are averaged over ranks before the update, so the
+    weights stay identical on all ranks. ``amp``: float16 with gradient scaling on CUDA;
     ``cpu_bf16``: the forward pass in bfloat16 on the CPU (``networks.precision``). The step output is
     ``{"loss": float, "lr": float}``.
     """
@@ -55,13 +56,13 @@ def create_supernet_trainer(
     precision = CPUBFloat16(cpu_bf16)
 
     def step(engine: Engine, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        arch = sample_architecture(engine.state.iteration - 1)
+        arch = () if sample_architecture is None else (sample_architecture(engine.state.iteration - 1),)
         supernet.train()
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=use_amp):
-            loss = loss_function(precision.forward(supernet, image, arch), label)
+            loss = loss_function(precision.forward(supernet, image, *arch), label)
         scaler.scale(loss).backward()
         average_gradients(supernet)
         scaler.step(optimizer)

@@ -82,6 +82,9 @@ class SearchSettings:
         fitness: how a candidate is rated on the validation cases: ``"dice"``, the project's Dice of the argmax
             prediction (``search.dice``), or ``"soft_dice"``, the same formula on the softmax probabilities, which
             moves with every voxel's confidence and so still ranks candidates whose argmax misses a small class.
+        finetune_steps: K > 0 rates a candidate after K steps of training a copy of its path alone, from the
+            supernet's weights (``SearchStage.finetuned``), so its rating depends less on what the other paths did to
+            the weights it shares; 0 rates the shared weights as they are.
         keep_supernets: also write each trained supernet's weights to ``output_dir/supernets/`` so that other
             architectures can be scored after the search (``CoarseSearch.score``, ``FineSearch.score``); off by default
             (at the default budget the eight coarse supernets take several hundred MB).
@@ -116,6 +119,7 @@ class SearchSettings:
     keep_supernets: bool = False
     max_gmacs: float = 0.0
     fitness: str = "dice"
+    finetune_steps: int = 0
     class_names: Optional[Sequence[str]] = None
 
     def __post_init__(self) -> None:
@@ -144,6 +148,7 @@ class SearchSettings:
             "show_progress": (bool, {}),
             "keep_supernets": (bool, {}),
             "max_gmacs": (float, {"minimum": 0}),
+            "finetune_steps": (int, {"minimum": 0}),
         }
         for name, (kind, bounds) in checks.items():
             object.__setattr__(self, name, check_setting(name, getattr(self, name), kind, **bounds))

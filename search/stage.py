@@ -260,9 +260,34 @@ class SearchStage:
         """``(supernet_dice, {class name: Dice or None})``: the mean and each foreground class's Dice, None where a
         class had no value (absent from every prediction and label)."""
         supernet.eval()
-        mean, per_class = broadcast_object(self.evaluator.dice(supernet.path_network(arch)))
+        network = self.finetuned(supernet, arch) if self.settings.finetune_steps else supernet.path_network(arch)
+        mean, per_class = broadcast_object(self.evaluator.dice(network))
         values = [None if d != d else d for d in per_class]
         return (0.0 if mean != mean else mean), dict(zip(self.settings.class_names, values))
+
+    def finetuned(self, supernet: C2FNASSupernet, arch: Architecture) -> torch.nn.Module:
+        """A copy of ``supernet``'s path ``arch`` trained ``finetune_steps`` more steps, as the supernets are trained
+        (SGD at ``learning_rate`` decaying to 0 by cosine, the loss, ``amp``/``cpu_bf16``, gradients averaged under
+        DDP) on the patches of draws 0 .. K-1, the same for every candidate; in eval mode. The supernet is not
+        changed."""
+        s = self.settings
+        network = supernet.derive(arch)
+        optimizer = torch.optim.SGD(
+            network.parameters(), lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay
+        )
+        scheduler = cosine_schedule(optimizer, s.finetune_steps)
+        engine = create_supernet_trainer(
+            network, optimizer, scheduler, self.loss_function, None, s.device, s.amp, s.cpu_bf16
+        )
+        run_trainer(
+            engine,
+            self.stream.batches(0, s.finetune_steps),
+            0,
+            s.finetune_steps,
+            f"{self.name}/finetune",
+            show_progress=False,
+        )
+        return network.eval()
 
     def fitness(self, supernet: C2FNASSupernet, arch: Architecture, context: str) -> float:
         """``supernet_dice``, cached per (context, architecture) and recorded, with each class's Dice, in the history,
@@ -395,8 +420,8 @@ class SearchStage:
 
     def non_default_settings(self) -> Dict[str, Any]:
         """The settings added after states were first saved, named only when not at their default (a compute budget,
-        bfloat16 supernets, the soft-Dice fitness), so the fingerprints and provenance of searches without them stay
-        as they were."""
+        bfloat16 supernets, the soft-Dice and fine-tuned fitnesses), so the fingerprints and provenance of searches
+        without them stay as they were."""
         s = self.settings
         found: Dict[str, Any] = {}
         if s.max_gmacs > 0:
@@ -405,6 +430,8 @@ class SearchStage:
             found["cpu_bf16"] = True
         if s.fitness != "dice":
             found["search_fitness"] = s.fitness  # not "fitness": the provenance's "fitness" is a candidate's value
+        if s.finetune_steps:
+            found["finetune_steps"] = s.finetune_steps
         return found
 
     def provenance(self, **extra: Any) -> Dict[str, Any]:

@@ -193,6 +193,33 @@ def test_soft_dice_fitness_rates_the_probabilities_where_the_argmax_is_blind(tmp
         small_stage("fine", tmp_path / "bad", topology=Architecture((1, 2, 2, 1)), fitness="loss")
 
 
+def test_finetuned_fitness_rates_a_trained_copy_of_the_path_and_leaves_the_supernet(tmp_path):
+    """search_finetune_steps K: a candidate is rated after K steps of training a copy of its path alone. The copy's
+    weights move, the supernet's do not, the same K batches make the same copy, the rating is the copy's Dice, and
+    the setting reaches the fingerprint (absent at 0, so saved states resume); a negative K is refused by name."""
+    from search import SearchSettingsError
+
+    topology = Architecture((1, 2, 2, 1))
+    stage = small_stage("fine", tmp_path, topology=topology, finetune_steps=3)
+    supernet = stage.build_supernet([topology.levels], "test")
+    arch = Architecture(topology.levels, ("3D", "2D", "P3D", "3D"))
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    copy = stage.finetuned(supernet, arch)
+    assert not copy.training
+    assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())  # the supernet is not trained
+    shared = dict(supernet.path_network(arch).named_parameters())
+    moved = [n for n, p in copy.named_parameters() if not torch.equal(p, shared[n])]
+    assert moved and len(moved) > len(shared) // 2
+    again = dict(stage.finetuned(supernet, arch).named_parameters())
+    assert all(torch.equal(p, again[n]) for n, p in copy.named_parameters())  # the same batches for every candidate
+    assert stage.supernet_dice(supernet, arch) == pytest.approx(stage.evaluator.dice(copy)[0], abs=1e-6)
+    assert stage.fingerprint()["finetune_steps"] == 3 and stage.provenance()["finetune_steps"] == 3
+    plain = small_stage("fine", tmp_path / "plain", topology=topology)
+    assert "finetune_steps" not in plain.fingerprint()
+    with pytest.raises(SearchSettingsError, match="'finetune_steps'"):
+        small_stage("fine", tmp_path / "bad", topology=topology, finetune_steps=-1)
+
+
 def _png(path):
     data = Path(path).read_bytes()
     return data[:8] == PNG_MAGIC and len(data) > 5000

@@ -136,6 +136,16 @@ def test_fitness_variants_rescore_the_search_fitness(quick_report):
         assert variants["correlation"][f"coarse {s}"]["dice"]["kendall_tau"] == pytest.approx(recorded, abs=1e-9)
     assert set(variants["scores"]["fine 0"]) == {f"ops{i:02d}" for i in range(3)}
     assert "| soft_dice |" in done.stdout
+    args = [ROOT / "benchmarks" / "fitness_variants.py", "--work_dir", work_dir, "--finetune_steps", "2", "--tag", "ft"]
+    done = launch(args, ROOT, timeout=600)  # each path trained 2 steps first: other scores, the supernets unchanged
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    tuned = json.loads((work_dir / "fitness_variants_ft.json").read_text())
+    pairs = [
+        (tuned["scores"][k][n]["soft_dice"], v["soft_dice"])
+        for k in variants["scores"]
+        for n, v in variants["scores"][k].items()
+    ]
+    assert tuned["finetune_steps"] == 2 and all(map(_finite, (a for a, _ in pairs))) and any(a != b for a, b in pairs)
 
 
 @pytest.mark.slow  # the quick benchmark trains 24 networks: about 10 min on 2 cores
