@@ -87,6 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     if args.finetune_steps < 0:
         parser.error(f"--finetune_steps {args.finetune_steps}: need 0 or more steps")
+    if args.finetune_steps:  # one more searcher setting, as --overrides gives them
+        args.overrides["search_finetune_steps"] = args.finetune_steps
     layers = [Path(f) for f in args.search_layers.split(",") if f]
     variant = sq.variant_name(layers)
     report_file = args.work_dir / f"search_quality{variant}.json"
@@ -113,18 +115,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     def arch(name: str) -> Architecture:
         return Architecture(tuple(archs[name]["levels"]), tuple(archs[name]["ops"]))
 
-    def path(searcher: Any, supernet: Any, name: str) -> Any:  # the network scored for ``name``
-        if searcher.settings.finetune_steps:
-            return searcher.finetuned(supernet, arch(name))
-        return supernet.path_network(arch(name))
-
     scores: Dict[str, Dict[str, Dict[str, float]]] = {}
     started = time.perf_counter()
     for seed in sorted(report["search"], key=int):
         folder = args.work_dir / "runs" / sq.search_name(bench, int(seed))
         overrides = bench.overrides(folder, seed=int(seed), **args.overrides)
-        if args.finetune_steps:
-            overrides["search_finetune_steps"] = args.finetune_steps
         coarse = sq.parsed(bench.config_files("search_coarse"), overrides)
         searcher = coarse.get_parsed_content("searcher")
         scores[f"coarse {seed}"] = {}
@@ -132,12 +127,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             if not sq.in_coarse_space(searcher, archs[n]["levels"]):
                 continue  # a compute budget rules its topology out: no supernet holds it (as the benchmark's fitness)
             supernet = searcher.kept_supernet(f"cluster{searcher.space.cluster_of(arch(n).levels)}")
-            scores[f"coarse {seed}"][n] = variant_scores(searcher, path(searcher, supernet, n), names)
+            scores[f"coarse {seed}"][n] = variant_scores(searcher, searcher.rated_network(supernet, arch(n)), names)
         if seed == "0" and ops_names:  # a variant's run draws no op assignments: no fine figures
             fine = sq.parsed(bench.config_files("search_fine"), overrides)
             searcher = fine.get_parsed_content("searcher")
             supernet = searcher.kept_supernet("ops")
-            scores["fine 0"] = {n: variant_scores(searcher, path(searcher, supernet, n), names) for n in ops_names}
+            scores["fine 0"] = {
+                n: variant_scores(searcher, searcher.rated_network(supernet, arch(n)), names) for n in ops_names
+            }
         print(f"seed {seed} scored ({time.perf_counter() - started:.0f} s)", flush=True)
 
     variants = list(next(iter(scores["coarse 0"].values())))
@@ -155,7 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "fine_tau": correlation.get("fine 0", {}).get(v, {}).get("kendall_tau"),
         }
     result = {"work_dir": str(args.work_dir), "task": task, "overrides": args.overrides, "scores": scores}
-    result.update(finetune_steps=args.finetune_steps, seconds=round(time.perf_counter() - started, 1))
+    finetune_steps = args.overrides.get("search_finetune_steps", 0)  # the flag's or --overrides'
+    result.update(finetune_steps=finetune_steps, seconds=round(time.perf_counter() - started, 1))
     result["correlation"] = correlation
     result["summary"] = summary
     sq.atomic_json(args.work_dir / f"fitness_variants{variant}{'_' + args.tag if args.tag else ''}.json", result)

@@ -260,10 +260,14 @@ class SearchStage:
         """``(supernet_dice, {class name: Dice or None})``: the mean and each foreground class's Dice, None where a
         class had no value (absent from every prediction and label)."""
         supernet.eval()
-        network = self.finetuned(supernet, arch) if self.settings.finetune_steps else supernet.path_network(arch)
-        mean, per_class = broadcast_object(self.evaluator.dice(network))
+        mean, per_class = broadcast_object(self.evaluator.dice(self.rated_network(supernet, arch)))
         values = [None if d != d else d for d in per_class]
         return (0.0 if mean != mean else mean), dict(zip(self.settings.class_names, values))
+
+    def rated_network(self, supernet: C2FNASSupernet, arch: Architecture) -> torch.nn.Module:
+        """The network a candidate's rating scores: its path with the supernet's weights, or with ``finetune_steps``
+        a trained copy of it (``finetuned``)."""
+        return self.finetuned(supernet, arch) if self.settings.finetune_steps else supernet.path_network(arch)
 
     def finetuned(self, supernet: C2FNASSupernet, arch: Architecture) -> torch.nn.Module:
         """A copy of ``supernet``'s path ``arch`` trained ``finetune_steps`` more steps, as the supernets are trained
