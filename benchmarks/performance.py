@@ -91,17 +91,22 @@ def _timed(fn: Callable[[], object], device, repeats: int) -> float:
 
 
 def _c2fnas(base_channels: int = 32, plain: bool = False):
-    from torch import nn
-
     from networks import C2FNASNet, default_architecture
-    from networks.c2fnas import TrilinearUpsample2x
 
     net = C2FNASNet(default_architecture(), 1, 3, base_channels)
-    if plain:  # PyTorch's own upsampling instead of the bundle's
-        for module in net.modules():
-            for name, child in module.named_children():
-                if isinstance(child, TrilinearUpsample2x):
-                    setattr(module, name, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
+    return _plain_upsampling(net) if plain else net
+
+
+def _plain_upsampling(net):
+    """``net`` with PyTorch's own upsampling (``nn.Upsample``) in place of the bundle's ``TrilinearUpsample2x``."""
+    from torch import nn
+
+    from networks.c2fnas import TrilinearUpsample2x
+
+    for module in net.modules():
+        for name, child in module.named_children():
+            if isinstance(child, TrilinearUpsample2x):
+                setattr(module, name, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
     return net
 
 
@@ -360,10 +365,10 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
     }
 
 
-def job_train_variant(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_):
-    """Seconds of one SGD + DiceCE step of the network ``make demo`` finds (``training_reliability.DEMO_SEARCHED``,
-    ``batch`` crops of ``roi``^3), optionally in ``channels_last_3d`` and under bfloat16 autocast (CPU) or float16
-    AMP (CUDA)."""
+def _train_step(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, plain: bool = False):
+    """One SGD + DiceCE step of the network ``make demo`` finds (``training_reliability.DEMO_SEARCHED``, ``batch``
+    crops of ``roi``^3) as a callable, and its multiply-adds: optionally in ``channels_last_3d``, under bfloat16
+    autocast (CPU) or float16 AMP (CUDA), and with PyTorch's upsampling instead of the bundle's (``plain``)."""
     import torch
     from monai.losses import DiceCELoss
     from training_reliability import DEMO_SEARCHED
@@ -374,7 +379,8 @@ def job_train_variant(device, width: int, roi: int, batch: int, channels_last: b
     torch.manual_seed(0)
     arch = Architecture(tuple(DEMO_SEARCHED["levels"]), tuple(DEMO_SEARCHED["ops"]))
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = C2FNASNet(arch, 1, 3, width).to(device).to(memory_format=memory_format)
+    model = C2FNASNet(arch, 1, 3, width)
+    model = (_plain_upsampling(model) if plain else model).to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
     x = torch.randn(batch, 1, roi, roi, roi, device=device).contiguous(memory_format=memory_format)
@@ -390,14 +396,46 @@ def job_train_variant(device, width: int, roi: int, batch: int, channels_last: b
         scaler.step(optimizer)
         scaler.update()
 
+    return step, window_macs(arch, 1, 3, width, roi) * batch
+
+
+def job_train_variant(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_):
+    """Median seconds of the found network's training step (``_train_step``), its multiply-adds and peak memory."""
+    step, macs = _train_step(device, width, roi, batch, channels_last, bf16)
     step()
     seconds = _timed(step, device, steps)
-    return {"seconds": seconds, "macs": window_macs(arch, 1, 3, width, roi) * batch, "peak_bytes": _peak_bytes(device)}
+    return {"seconds": seconds, "macs": macs, "peak_bytes": _peak_bytes(device)}
+
+
+def job_train_upsampling(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_):
+    """What the bundle's upsampling buys a training step: the step with PyTorch's upsampling and with the bundle's,
+    built alike and timed in alternation in one process (so the machine's drift hits both), ``steps`` pairs; the
+    median and quartiles of the paired time ratios (PyTorch's over the bundle's)."""
+    import torch
+
+    steps_by_kind = {plain: _train_step(device, width, roi, batch, channels_last, bf16, plain)[0] for plain in (1, 0)}
+    for step in steps_by_kind.values():
+        step()
+    ratios = []
+    for _ in range(steps):
+        seconds = {}
+        for plain, step in steps_by_kind.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[plain] = time.perf_counter() - start
+        ratios.append(seconds[1] / seconds[0])
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"pairs": steps, "speed_up": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
 
 
 JOBS = {
     "conv_peak": job_conv_peak,
     "train_variant": job_train_variant,
+    "train_upsampling": job_train_upsampling,
     "conv_shapes": job_conv_shapes,
     "sliding_window": job_sliding_window,
     "window": job_window,
@@ -604,6 +642,18 @@ def section_train(args, found: dict) -> None:
                     f"{base['seconds'] / res['seconds']:.2f}",
                     f"{res['peak_bytes'] / GIB:.2f}",
                 )
+            )
+        # what the bundle's separable upsampling buys over PyTorch's, in float32 and as cpu_bf16 trains (CPU)
+        pairs = max(args.steps, 5) * (4 if width == 8 else 1)
+        for channels_last, bf16 in ((False, False), (args.device == "cpu", True)):
+            name = f"{half if bf16 else 'float32'}, {'channels_last_3d' if channels_last else 'contiguous'}"
+            spec = dict(width=width, roi=roi, batch=batch, channels_last=channels_last, bf16=bf16, steps=pairs)
+            res = run_child(job="train_upsampling", device=args.device, **spec)
+            found.setdefault("train_upsampling", {})[f"{label} / {name}"] = res
+            print(
+                f"{name}: the bundle's upsampling against nn.Upsample, {res['pairs']} steps each in alternation: "
+                f"{res['speed_up']:.3f}x (quartiles of the paired ratios {res['quartiles'][0]:.3f}-"
+                f"{res['quartiles'][1]:.3f})"
             )
     print("targets: float32 training step >= 0.7 of the conv peak; bfloat16 >= 1.5x float32 (issue 29)")
 

@@ -54,19 +54,53 @@ def _conv(in_channels: int, out_channels: int, kernel: Sequence[int], stride: in
 class TrilinearUpsample2x(nn.Module):
     """Trilinear x2 upsampling with ``align_corners=False``: ``(B, C, D0, D1, D2) -> (B, C, 2*D0, 2*D1, 2*D2)``.
 
-    Equal to ``nn.Upsample(scale_factor=2, mode="trilinear")``. Without autograd (inference, evaluation) it runs as
-    three separable 1D passes that write straight into their outputs, about 5x faster than PyTorch's CPU kernel for
-    contiguous tensors (``benchmarks/performance.py``); with autograd, and when traced (a graph runtime such as
-    OpenVINO then sees one interpolation), it calls ``F.interpolate``.
+    Equal to ``nn.Upsample(scale_factor=2, mode="trilinear")``, computed as three separable 1D passes that write
+    straight into their outputs, contiguous or ``channels_last_3d`` as the input is: about 5x faster than PyTorch's
+    CPU kernel without autograd and 2x with it (its backward is the passes' adjoint, ``_SeparableUpsample``;
+    ``benchmarks/performance.py``). Half-precision tensors are computed in float32 and rounded once, as PyTorch's
+    kernel does. When traced (a graph runtime such as OpenVINO then sees one interpolation) or scripted, and for
+    sides under 2, it calls ``F.interpolate``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        traced = torch.jit.is_tracing()
-        if traced or (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 5 or min(x.shape[2:]) < 2:
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or x.dim() != 5 or min(x.shape[2:]) < 2:
             return nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
-        for dim in (4, 3, 2):  # the innermost axis first: the large passes then write whole contiguous rows
-            x = _linear_double(x, dim)
-        return x
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self._with_autograd(x)
+        return _separable(x, _linear_double)
+
+    @torch.jit.ignore
+    def _with_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        return _SeparableUpsample.apply(x)
+
+
+class _SeparableUpsample(torch.autograd.Function):
+    """``_separable`` x2 upsampling with its exact adjoint as backward: PyTorch's ``upsample_trilinear3d`` and its
+    backward are single CPU kernels about twice as slow on these shapes."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return _separable(x, _linear_double)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _separable(grad, _linear_halve)
+
+
+def _separable(x: torch.Tensor, step: Any) -> torch.Tensor:
+    """``step`` (``_linear_double`` or ``_linear_halve``) along each spatial axis of ``(B, C, D0, D1, D2)``, on a
+    channels-last view where the tensor is ``channels_last_3d`` so that the result keeps that layout; bfloat16 and
+    float16 in float32, rounded once at the end."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return _separable(x.float(), step).to(x.dtype)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        y = x.permute(0, 2, 3, 4, 1)  # (B, D0, D1, D2, C), dense
+        for dim in (3, 2, 1):
+            y = step(y, dim)
+        return y.permute(0, 4, 1, 2, 3)
+    for dim in (4, 3, 2):  # the innermost axis first: the large passes then write whole contiguous rows
+        x = step(x, dim)
+    return x
 
 
 def _linear_double(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -82,6 +116,20 @@ def _linear_double(x: torch.Tensor, dim: int) -> torch.Tensor:
     torch.lerp(x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1), 0.25, out=odd.narrow(dim, 0, n - 1))
     odd.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1))
     return out.flatten(dim, dim + 1)
+
+
+def _linear_halve(grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """The adjoint of ``_linear_double`` along ``dim`` (``2n -> n``): ``x[i]`` collects ``3/4`` of ``out[2i]`` and
+    ``out[2i+1]`` and ``1/4`` of ``out[2i+2]`` and ``out[2i-1]``; at the ends the clamped neighbour's quarter too."""
+    n = grad.shape[dim] // 2
+    pairs = grad.unflatten(dim, (n, 2))
+    even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+    out = torch.add(even, odd).mul_(0.75)
+    out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1), alpha=0.25)
+    out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1), alpha=0.25)
+    out.narrow(dim, 0, 1).add_(even.narrow(dim, 0, 1), alpha=0.25)
+    out.narrow(dim, n - 1, 1).add_(odd.narrow(dim, n - 1, 1), alpha=0.25)
+    return out
 
 
 def make_op(name: str, channels: int) -> nn.Sequential:

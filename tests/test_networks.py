@@ -123,14 +123,83 @@ def test_fast_upsampling_equals_trilinear_interpolation(shape):
     torch.testing.assert_close(leaf.grad, torch.full_like(x, 8.0))  # every input voxel's weights sum to 2 per axis
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6, 7), (1, 4, 2, 9, 3)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_upsampling_gradient_equals_trilinear_interpolation(shape, memory_format):
+    """With autograd the upsampling's backward (the separable passes' adjoint) gives PyTorch's gradient for any
+    upstream gradient, keeps the input's memory format, and passes ``gradcheck`` in float64."""
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format)
+    upstream = torch.randn([s * (2 if i > 1 else 1) for i, s in enumerate(shape)], dtype=torch.float64)
+    leaf, reference_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = TrilinearUpsample2x()(leaf)
+    reference = nn.functional.interpolate(reference_leaf, scale_factor=2.0, mode="trilinear", align_corners=False)
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+    out.backward(upstream)
+    reference.backward(upstream)
+    torch.testing.assert_close(leaf.grad, reference_leaf.grad, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(TrilinearUpsample2x(), (x.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_upsampling_in_bfloat16_rounds_once_as_pytorch_does(grad):
+    """In bfloat16 (CPU autocast leaves interpolation in the input's dtype) the upsampling computes in float32 and
+    rounds once, as PyTorch's kernel does: the same values, forward and backward, to within one bfloat16 rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 6, 5, 7).to(torch.bfloat16)
+    leaf, reference_leaf = x.clone().requires_grad_(grad), x.clone().requires_grad_(grad)
+    upstream = torch.randn(1, 4, 12, 10, 14).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+        out = TrilinearUpsample2x()(leaf)
+        reference = nn.functional.interpolate(reference_leaf, scale_factor=2.0, mode="trilinear", align_corners=False)
+    assert out.dtype == reference.dtype == torch.bfloat16
+    exact = nn.functional.interpolate(x.double(), scale_factor=2.0, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(out.double(), exact.to(torch.bfloat16).double(), rtol=2**-8, atol=1e-6)
+    torch.testing.assert_close(out, reference, rtol=2**-7, atol=1e-6)
+    if grad:
+        out.backward(upstream)
+        reference.backward(upstream)
+        assert leaf.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(leaf.grad, reference_leaf.grad, rtol=2**-7, atol=1e-6)
+
+
 def test_inference_path_equals_training_path_of_the_network():
     torch.manual_seed(0)
     net = C2FNASNet(default_architecture(), 1, 3, 4).eval()
     x = torch.randn(1, 1, 32, 32, 64)
     with torch.no_grad():
         fast = net(x)
-    slow = net(x.requires_grad_())  # autograd on: nn.functional.interpolate inside
+    slow = net(x.requires_grad_())  # autograd on: the separable passes with their adjoint as backward
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_network_trains_as_with_pytorch_upsampling():
+    """Three SGD steps of a network that upsamples at the transitions and the head leave the same weights as the same
+    network with ``nn.Upsample`` in place of ``TrilinearUpsample2x``: the backward is PyTorch's gradient. In float64:
+    in float32 the two roundings drift apart within a step (0.2 % on the worst weight here) and keep diverging, as
+    any two orders of summation do in training."""
+    arch = Architecture((1, 2, 3, 2, 1, 1, 1, 1), ("3D", "P3D", "2D", "3D", "2D", "3D", "P3D", "2D"))
+    nets = []
+    for plain in (False, True):
+        torch.manual_seed(0)
+        net = C2FNASNet(arch, 1, 3, 4).double()
+        for module in list(net.modules()):
+            for name, child in module.named_children():
+                if plain and isinstance(child, TrilinearUpsample2x):
+                    setattr(module, name, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
+        nets.append(net)
+    assert sum(isinstance(m, nn.Upsample) for m in nets[1].modules()) >= 3
+    torch.manual_seed(1)
+    x, y = torch.randn(2, 1, 32, 32, 32, dtype=torch.float64), torch.randint(0, 3, (2, 32, 32, 32))
+    for net in nets:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    for (name, mine), (_, pytorch) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+        torch.testing.assert_close(mine, pytorch, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_input_size_must_be_divisible():
