@@ -75,19 +75,21 @@ def _peak_bytes(device, since: int = 0) -> int:
 
 def _timed(fn: Callable[[], object], device, repeats: int) -> float:
     """Median seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    return statistics.median(_seconds_of(fn, device) for _ in range(repeats))
+
+
+def _seconds_of(fn: Callable[[], object], device) -> float:
+    """Seconds of one call of ``fn``, the device's queued work included."""
     import torch
 
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _c2fnas(base_channels: int = 32, plain: bool = False):
@@ -411,22 +413,12 @@ def job_train_upsampling(device, width: int, roi: int, batch: int, channels_last
     """What the bundle's upsampling buys a training step: the step with PyTorch's upsampling and with the bundle's,
     built alike and timed in alternation in one process (so the machine's drift hits both), ``steps`` pairs; the
     median and quartiles of the paired time ratios (PyTorch's over the bundle's)."""
-    import torch
-
     steps_by_kind = {plain: _train_step(device, width, roi, batch, channels_last, bf16, plain)[0] for plain in (1, 0)}
     for step in steps_by_kind.values():
         step()
     ratios = []
     for _ in range(steps):
-        seconds = {}
-        for plain, step in steps_by_kind.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds[plain] = time.perf_counter() - start
+        seconds = {plain: _seconds_of(step, device) for plain, step in steps_by_kind.items()}
         ratios.append(seconds[1] / seconds[0])
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {"pairs": steps, "speed_up": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
