@@ -50,10 +50,8 @@ QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 SEARCH_SEEDS = 3
 NEEDED = 2  # of the SEARCH_SEEDS
 Q_MAX = 0.9999  # the space's best, for the bisection
-SPREAD_SCALES = (
-    0.7,
-    1.3,
-)  # the true spread, estimated from 12 networks, moved by ±30 %: how much the answer hangs on it
+# the true spread, estimated from 12 networks, moved by ±30 %: how much the answer hangs on it
+SPREAD_SCALES = (0.7, 1.3)
 
 
 def ruler_model(figures: Dict[str, Any]) -> Dict[str, Any]:

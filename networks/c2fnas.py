@@ -58,18 +58,20 @@ class TrilinearUpsample2x(nn.Module):
     straight into their outputs, contiguous or ``channels_last_3d`` as the input is: about 5x faster than PyTorch's
     CPU kernel without autograd and 2x with it (its backward is the passes' adjoint, ``_SeparableUpsample``;
     ``benchmarks/performance.py``). Half-precision tensors are computed in float32 and rounded once, as PyTorch's
-    kernel does. When traced (a graph runtime such as OpenVINO then sees one interpolation) or scripted, and for
-    sides under 2, it calls ``F.interpolate``.
+    kernel does. When traced (a graph runtime such as OpenVINO then sees one interpolation), scripted with autograd
+    (TorchScript has no custom autograd functions), and for sides under 2, it calls ``F.interpolate``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or x.dim() != 5 or min(x.shape[2:]) < 2:
+        if torch.jit.is_tracing() or x.dim() != 5 or min(x.shape[2:]) < 2:
             return nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
         if torch.is_grad_enabled() and x.requires_grad:
+            if torch.jit.is_scripting():  # TorchScript has no custom autograd functions
+                return nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
             return self._with_autograd(x)
-        return _separable(x, _linear_double)
+        return _separable(x, adjoint=False)
 
-    @torch.jit.ignore
+    @torch.jit.unused
     def _with_autograd(self, x: torch.Tensor) -> torch.Tensor:
         return _SeparableUpsample.apply(x)
 
@@ -80,27 +82,28 @@ class _SeparableUpsample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return _separable(x, _linear_double)
+        return _separable(x, adjoint=False)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return _separable(grad, _linear_halve)
+        return _separable(grad, adjoint=True)
 
 
-def _separable(x: torch.Tensor, step: Any) -> torch.Tensor:
-    """``step`` (``_linear_double`` or ``_linear_halve``) along each spatial axis of ``(B, C, D0, D1, D2)``, on a
-    channels-last view where the tensor is ``channels_last_3d`` so that the result keeps that layout; bfloat16 and
+def _separable(x: torch.Tensor, adjoint: bool) -> torch.Tensor:
+    """``_linear_double`` (or, ``adjoint``, ``_linear_halve``) along each spatial axis of ``(B, C, D0, D1, D2)``, on
+    a channels-last view where the tensor is ``channels_last_3d`` so that the result keeps that layout; bfloat16 and
     float16 in float32, rounded once at the end."""
-    if x.dtype in (torch.bfloat16, torch.float16):
-        return _separable(x.float(), step).to(x.dtype)
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        y = x.permute(0, 2, 3, 4, 1)  # (B, D0, D1, D2, C), dense
-        for dim in (3, 2, 1):
-            y = step(y, dim)
-        return y.permute(0, 4, 1, 2, 3)
-    for dim in (4, 3, 2):  # the innermost axis first: the large passes then write whole contiguous rows
-        x = step(x, dim)
-    return x
+    half = x.dtype == torch.bfloat16 or x.dtype == torch.float16
+    y = x.float() if half else x
+    channels_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last_3d)
+    if channels_last:
+        y = y.permute(0, 2, 3, 4, 1)  # (B, D0, D1, D2, C), dense
+    # the innermost spatial axis first: the large passes then write whole contiguous rows
+    for dim in (3, 2, 1) if channels_last else (4, 3, 2):
+        y = _linear_halve(y, dim) if adjoint else _linear_double(y, dim)
+    if channels_last:
+        y = y.permute(0, 4, 1, 2, 3)
+    return y.to(x.dtype) if half else y
 
 
 def _linear_double(x: torch.Tensor, dim: int) -> torch.Tensor:
