@@ -59,14 +59,15 @@ def ruler_model(figures: Dict[str, Any]) -> Dict[str, Any]:
     spread of validation minus held-out Dice of one training, the architectures random search trains, the
     threshold of the random-search target and the better MONAI reference. Raises ``ValueError`` naming the report
     where it holds too little to model."""
-    missing = [key for key in ("networks", "ruler_reliability", "baselines", "ruler") if key not in figures]
+    missing = [
+        key for key in ("networks", "ruler_reliability", "baselines", "ruler", "random_mean") if key not in figures
+    ]
     if missing:
         raise ValueError(f"{figures['file']}: a report before 0.8.0's seed-averaged ruler (no {', '.join(missing)})")
     names = sorted(figures["random"])
     nets = figures["networks"]
     reliability = figures["ruler_reliability"]["random"]
-    per_seed = [nets[n]["per_seed"] for n in names]
-    if len(names) < 4 or len(per_seed[0]) < 2:
+    if len(names) < 4 or figures["training_seeds"] < 2:
         raise ValueError(f"{figures['file']}: needs at least 4 random architectures and 2 training seeds")
     if figures["ruler"] == "held-out":
         gaps = [nets[n]["first_seed"]["validation"] - nets[n]["per_seed"][0] for n in names]
@@ -77,8 +78,8 @@ def ruler_model(figures: Dict[str, Any]) -> Dict[str, Any]:
     baselines = {n: v["mean"] for n, v in figures["baselines"].items() if n != "panc"}
     return {
         "random_architectures": len(names),
-        "training_seeds": len(per_seed[0]),
-        "true_mean": statistics.fmean(figures["random"].values()),
+        "training_seeds": figures["training_seeds"],
+        "true_mean": figures["random_mean"],
         "true_spread": reliability["true_spread"],
         "noise": reliability["noise"],
         "selection_noise": selection_noise,

@@ -48,6 +48,7 @@ def write_report(folder: Path, per_seed: list, searched: tuple = (0.7, 0.72, 0.7
     figures = {
         "ruler": "held-out",
         "random": {n: v["mean"] for n, v in nets.items()},
+        "random_mean": statistics.fmean(v["mean"] for v in nets.values()),
         "networks": nets,
         "training_seeds": seeds,
         "noise": {"std": math.sqrt(statistics.fmean(statistics.variance(r) for r in runs.values()))},
