@@ -47,6 +47,7 @@ def variant_scores(searcher: Any, network: Any, class_names: Sequence[str]) -> D
     from monai.inferers import sliding_window_inference
     from monai.networks.utils import one_hot
 
+    from networks.labels import argmax
     from search.dice import dice_per_case, reduce_dice
 
     evaluator = searcher.evaluator
@@ -62,7 +63,7 @@ def variant_scores(searcher: Any, network: Any, class_names: Sequence[str]) -> D
                 overlap=evaluator.overlap,
             )
             truth = one_hot(label[None].to(evaluator.device).long(), evaluator.num_classes)
-            hard = one_hot(logits.argmax(1, keepdim=True), evaluator.num_classes)
+            hard = one_hot(argmax(logits, 1, keepdim=True), evaluator.num_classes)
             hard_rows.append(dice_per_case(hard, truth).cpu())
             soft_rows.append(dice_per_case(logits.softmax(1), truth).cpu())
             losses.append(float(searcher.loss_function(logits, label[None].to(evaluator.device))))

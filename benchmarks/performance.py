@@ -16,7 +16,8 @@ Sections (``--sections``, default all):
 - ``train``: the training step of the network ``make demo`` finds (CPU profile: F=8, 4 crops of 32^3; and at the
   default width: F=32, one 96^3 crop) in float32 and under bfloat16 autocast, each in both memory formats: seconds,
   GFLOP/s (a step counted as three times the forward convolutions' 2 x MACs) and efficiency against the float32
-  conv3d peak measured in the same run.
+  conv3d peak measured in the same run; the bundle's upsampling against PyTorch's within a step; and a label map
+  (the argmax of class scores) by ``torch.argmax`` against the bundle's ``networks.labels.argmax``.
 - ``cost``: compute of coarse + fine search at the configs' default budget / compute of the default training run,
   from the iteration counts in the configs and the step and window times measured in ``search`` and ``monai``.
 - ``dice``: Dice per unit of compute on the embedded data at the CPU profile: the network the search finds (seed 0)
@@ -423,8 +424,31 @@ def job_train_upsampling(device, width: int, roi: int, batch: int, channels_last
     return {"pairs": steps, "speed_up": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
 
 
+def job_label_map(device, side: int, classes: int, pairs: int, **_):
+    """The label map of one case's class scores (``(classes, side, side, side)``, channel first and contiguous, as
+    the post-processing gets them): ``torch.argmax`` over the class axis (what MONAI's ``AsDiscreted`` calls) and the
+    bundle's ``networks.labels.argmax``, timed in alternation, ``pairs`` times; medians and the median paired ratio."""
+    import torch
+
+    from networks.labels import argmax
+
+    scores = torch.randn(classes, side, side, side, device=device).softmax(0)
+    if not torch.equal(argmax(scores, 0, True), torch.argmax(scores, 0, keepdim=True)):
+        raise RuntimeError("networks.labels.argmax differs from torch.argmax")
+    kinds = {"torch": lambda: torch.argmax(scores, 0, keepdim=True), "bundle": lambda: argmax(scores, 0, True)}
+    times: Dict[str, list] = {kind: [] for kind in kinds}
+    for fn in kinds.values():
+        fn()
+    for _ in range(pairs):
+        for kind, fn in kinds.items():
+            times[kind].append(_seconds_of(fn, device))
+    ratios = [a / b for a, b in zip(times["torch"], times["bundle"])]
+    return {**{kind: statistics.median(t) for kind, t in times.items()}, "speed_up": statistics.median(ratios)}
+
+
 JOBS = {
     "conv_peak": job_conv_peak,
+    "label_map": job_label_map,
     "train_variant": job_train_variant,
     "train_upsampling": job_train_upsampling,
     "conv_shapes": job_conv_shapes,
@@ -646,6 +670,12 @@ def section_train(args, found: dict) -> None:
                 f"{res['speed_up']:.3f}x (quartiles of the paired ratios {res['quartiles'][0]:.3f}-"
                 f"{res['quartiles'][1]:.3f})"
             )
+    print("\nlabel maps (every training crop's, validation's and inference's post-processing), 3 classes:")
+    print(_row("scores", "torch.argmax", "the bundle's", "speed-up"))
+    for side, what in ((32, "a training crop"), (96, "a window"), (128, "the inference section's case")):
+        res = run_child(job="label_map", device=args.device, side=side, classes=3, pairs=max(args.steps, 5))
+        found.setdefault("label_map", {})[side] = res
+        print(_row(f"{what}, {side}^3", _seconds(res["torch"]), _seconds(res["bundle"]), f"{res['speed_up']:.1f}"))
     print("targets: float32 training step >= 0.7 of the conv peak; bfloat16 >= 1.5x float32 (issue 29)")
 
 

@@ -11,6 +11,7 @@ import torch
 from networks.architecture import DEFAULT_ARCHITECTURE_FILE
 from networks.c2fnas import C2FNASNet, as_architecture
 from networks.complexity import PAPER_PARAMETERS, complexity_report
+from networks.labels import argmax
 
 
 def summary(
@@ -64,7 +65,7 @@ def demo(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start
-    counts = torch.bincount(logits.argmax(1).flatten(), minlength=3).tolist()
+    counts = torch.bincount(argmax(logits, 1).flatten(), minlength=3).tolist()
     print(f"forward       input {tuple(volume.shape)} -> logits {tuple(logits.shape)} on {dev} in {seconds:.2f} s")
     print(
         f"              {2 * report['macs'] / seconds / 1e9:.0f} GFLOP/s; voxels per class (random weights): {counts}"

@@ -15,6 +15,7 @@ from monai.data import CacheDataset, Dataset, list_data_collate
 from monai.inferers import sliding_window_inference
 from monai.networks.utils import one_hot
 
+from networks.labels import argmax
 from search.dice import dice_from_totals, dice_per_case, dice_totals
 from search.distributed import all_reduce_sum
 from search.space import rng
@@ -141,7 +142,7 @@ class DiceEvaluator:
                     image[None].to(self.device), self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap
                 )
             prediction = (
-                logits.float().softmax(1) if self.soft else one_hot(logits.argmax(1, keepdim=True), self.num_classes)
+                logits.float().softmax(1) if self.soft else one_hot(argmax(logits, 1, keepdim=True), self.num_classes)
             )
             truth = one_hot(label[None].to(self.device).long(), self.num_classes)
             rows.append(dice_per_case(prediction, truth).cpu())

@@ -40,3 +40,13 @@ def test_a_stage_peak_memory_is_its_own_not_an_earlier_childs(tmp_path):
     status, small = _run_with_peak([sys.executable, "-c", allocate, "50", "3"], tmp_path, tmp_path / "small.log")
     assert status == 3 and 50 * 2**20 <= small < 200 * 2**20  # its own, not the earlier child's 400 MiB
     assert (tmp_path / "small.log").read_text().strip() == str(50 * 2**20)  # the output goes to the log
+
+
+def test_label_map_job_times_both_argmaxes_on_the_same_labels():
+    """The train section's label-map rows: both argmaxes timed on the same scores (the job stops if they differ)."""
+    import torch
+
+    from benchmarks.performance import job_label_map
+
+    res = job_label_map(torch.device("cpu"), side=12, classes=3, pairs=3)
+    assert res["torch"] > 0 and res["bundle"] > 0 and res["speed_up"] > 0

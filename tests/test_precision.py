@@ -115,3 +115,24 @@ def test_a_convolution_whose_input_is_smaller_than_its_kernel_runs_in_float32():
     seen.clear()
     network(image)  # outside cpu_bf16 the hooks change nothing
     assert seen and all(dtype == torch.float32 and not autocast for _, _, dtype, autocast in seen)
+
+
+def test_the_network_gets_a_plain_tensor_not_a_metatensor():
+    """A MetaTensor from the data loader reaches the network as a plain tensor of the same storage (its meta-data
+    handling would run for every operation), in either precision; the output is the plain input's, bit for bit."""
+    from monai.data import MetaTensor
+
+    seen = []
+    network = _network()
+    network.register_forward_pre_hook(lambda module, args: seen.append((type(args[0]), args[0].data_ptr())))
+    image = torch.randn(1, 1, 32, 32, 32)
+    meta_image = MetaTensor(image.clone(), affine=torch.eye(4), meta={"filename_or_obj": "case.nii.gz"})
+    for enabled in (False, True):
+        precision, seen[:] = CPUBFloat16(enabled), []
+        expected = precision.forward(network, image).detach()
+        got = precision.forward(network, meta_image).detach()
+        assert [kind for kind, _ in seen] == [torch.Tensor, torch.Tensor]
+        assert torch.equal(got, expected) and type(got) is torch.Tensor
+    precision, seen[:] = CPUBFloat16(False), []
+    precision.forward(network, meta_image)
+    assert seen[0][1] == meta_image.data_ptr()  # the same storage, no copy

@@ -11,6 +11,8 @@ from typing import Any, Dict, Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
+from monai.transforms import AsDiscrete as MonaiAsDiscrete
+from monai.transforms import AsDiscreted as MonaiAsDiscreted
 from monai.transforms import (
     EnsureChannelFirstd,
     LoadImaged,
@@ -24,6 +26,7 @@ from scripts.data import check_image_file
 from scripts.errors import DatasetError, NonFiniteError, OutputError, one_line
 
 from networks.fileio import remove_stale_temporaries
+from networks.labels import argmax as label_argmax
 
 
 def _source(data: Mapping[Hashable, Any], key: str = "image") -> str:
@@ -182,6 +185,33 @@ class CheckFinited(MapTransform):
                     "an overflow under AMP, or a diverged training); no result is written for it"
                 )
         return d
+
+
+class _AsDiscrete(MonaiAsDiscrete):
+    """MONAI's ``AsDiscrete`` whose ``argmax`` is :func:`networks.labels.argmax`; the rest is MONAI's."""
+
+    def __call__(
+        self, img: Any, argmax: Any = None, to_onehot: Any = None, threshold: Any = None, rounding: Any = None
+    ):
+        if self.argmax if argmax is None else argmax:
+            dim, keepdim = self.kwargs.get("dim", 0), self.kwargs.get("keepdim", True)
+            img = label_argmax(torch.as_tensor(img), dim, keepdim)  # int64; a MetaTensor keeps its meta data
+        return super().__call__(img, False, to_onehot, threshold, rounding)
+
+
+class AsDiscreted(MonaiAsDiscreted):
+    """MONAI's ``AsDiscreted`` (the same arguments, the same result) with a fast ``argmax``.
+
+    What MONAI lacks: its ``argmax`` calls ``torch.argmax`` over the class axis, which torch's CPU kernel runs about
+    30 times slower than the labels need (``networks/labels.py``): 6 ms per 3 x 32^3 crop made a fifth of a CPU
+    profile training iteration, and a 3 x 128^3 case took 384 ms (12 ms this way) on machine X.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        converter = _AsDiscrete()
+        converter.kwargs = self.converter.kwargs
+        self.converter = converter
 
 
 class AtomicNibabelWriter(NibabelWriter):
