@@ -93,6 +93,18 @@ def _seconds_of(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - start
 
 
+def _alternated(calls: Dict, device, rounds: int) -> Dict:
+    """Seconds of each of ``calls`` (``key -> callable``), each called once to warm up, then all in turn, ``rounds``
+    times, so that the machine's drift hits them alike: ``key -> [seconds per round]``."""
+    for fn in calls.values():
+        fn()
+    times: Dict = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            times[key].append(_seconds_of(fn, device))
+    return times
+
+
 def _c2fnas(base_channels: int = 32, plain: bool = False):
     from networks import C2FNASNet, default_architecture
 
@@ -414,12 +426,8 @@ def job_train_upsampling(device, width: int, roi: int, batch: int, channels_last
     built alike and timed in alternation in one process (so the machine's drift hits both), ``steps`` pairs; the
     median and quartiles of the paired time ratios (PyTorch's over the bundle's)."""
     steps_by_kind = {plain: _train_step(device, width, roi, batch, channels_last, bf16, plain)[0] for plain in (1, 0)}
-    for step in steps_by_kind.values():
-        step()
-    ratios = []
-    for _ in range(steps):
-        seconds = {plain: _seconds_of(step, device) for plain, step in steps_by_kind.items()}
-        ratios.append(seconds[1] / seconds[0])
+    seconds = _alternated(steps_by_kind, device, steps)
+    ratios = [a / b for a, b in zip(seconds[1], seconds[0])]
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {"pairs": steps, "speed_up": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
 
@@ -436,12 +444,7 @@ def job_label_map(device, side: int, classes: int, pairs: int, **_):
     if not torch.equal(argmax(scores, 0, True), torch.argmax(scores, 0, keepdim=True)):
         raise RuntimeError("networks.labels.argmax differs from torch.argmax")
     kinds = {"torch": lambda: torch.argmax(scores, 0, keepdim=True), "bundle": lambda: argmax(scores, 0, True)}
-    times: Dict[str, list] = {kind: [] for kind in kinds}
-    for fn in kinds.values():
-        fn()
-    for _ in range(pairs):
-        for kind, fn in kinds.items():
-            times[kind].append(_seconds_of(fn, device))
+    times = _alternated(kinds, device, pairs)
     ratios = [a / b for a, b in zip(times["torch"], times["bundle"])]
     return {**{kind: statistics.median(t) for kind, t in times.items()}, "speed_up": statistics.median(ratios)}
 

@@ -59,9 +59,8 @@ def ruler_model(figures: Dict[str, Any]) -> Dict[str, Any]:
     spread of validation minus held-out Dice of one training, the architectures random search trains, the
     threshold of the random-search target and the better MONAI reference. Raises ``ValueError`` naming the report
     where it holds too little to model."""
-    missing = [
-        key for key in ("networks", "ruler_reliability", "baselines", "ruler", "random_mean") if key not in figures
-    ]
+    needed = ("networks", "random", "ruler_reliability", "baselines", "ruler", "random_mean", "training_seeds")
+    missing = [key for key in needed if key not in figures]
     if missing:
         raise ValueError(f"{figures['file']}: a report before 0.8.0's seed-averaged ruler (no {', '.join(missing)})")
     names = sorted(figures["random"])
