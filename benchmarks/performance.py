@@ -16,8 +16,10 @@ Sections (``--sections``, default all):
 - ``train``: the training step of the network ``make demo`` finds (CPU profile: F=8, 4 crops of 32^3; and at the
   default width: F=32, one 96^3 crop) in float32 and under bfloat16 autocast, each in both memory formats: seconds,
   GFLOP/s (a step counted as three times the forward convolutions' 2 x MACs) and efficiency against the float32
-  conv3d peak measured in the same run; the bundle's upsampling against PyTorch's within a step; and a label map
-  (the argmax of class scores) by ``torch.argmax`` against the bundle's ``networks.labels.argmax``.
+  conv3d peak measured in the same run; the bundle's upsampling and instance norm against PyTorch's within a step;
+  a label map (the argmax of class scores) by ``torch.argmax`` against the bundle's ``networks.labels.argmax``; and
+  the CPU profile's augmentation of a training case with MONAI's meta-data tracking and without (the bundle's
+  ``UntrackedRandomCompose``).
 - ``cost``: compute of coarse + fine search at the configs' default budget / compute of the default training run,
   from the iteration counts in the configs and the step and window times measured in ``search`` and ``monai``.
 - ``dice``: Dice per unit of compute on the embedded data at the CPU profile: the network the search finds (seed 0)
@@ -109,7 +111,9 @@ def _c2fnas(base_channels: int = 32, plain: bool = False):
     from networks import C2FNASNet, default_architecture
 
     net = C2FNASNet(default_architecture(), 1, 3, base_channels)
-    return _plain_upsampling(net) if plain else net
+    for to_pytorch in PYTORCH_PARTS.values() if plain else ():
+        net = to_pytorch(net)
+    return net
 
 
 def _plain_upsampling(net):
@@ -123,6 +127,26 @@ def _plain_upsampling(net):
             if isinstance(child, TrilinearUpsample2x):
                 setattr(module, name, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
     return net
+
+
+def _plain_norm(net):
+    """``net`` with PyTorch's ``nn.InstanceNorm3d`` (same weights) in place of the bundle's
+    ``LayoutKeepingInstanceNorm3d``."""
+    from torch import nn
+
+    from networks.c2fnas import LayoutKeepingInstanceNorm3d
+
+    for module in net.modules():
+        for name, child in module.named_children():
+            if isinstance(child, LayoutKeepingInstanceNorm3d):
+                plain = nn.InstanceNorm3d(child.num_features, eps=child.eps, affine=child.affine)
+                plain.load_state_dict(child.state_dict())
+                setattr(module, name, plain)
+    return net
+
+
+# the bundle's parts that PyTorch also has, each with what puts PyTorch's in its place
+PYTORCH_PARTS = {"upsampling": _plain_upsampling, "norm": _plain_norm}
 
 
 def _shipped_weights() -> str:
@@ -380,10 +404,11 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
     }
 
 
-def _train_step(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, plain: bool = False):
+def _train_step(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, pytorch: str = ""):
     """One SGD + DiceCE step of the network ``make demo`` finds (``training_reliability.DEMO_SEARCHED``, ``batch``
     crops of ``roi``^3) as a callable, and its multiply-adds: optionally in ``channels_last_3d``, under bfloat16
-    autocast (CPU) or float16 AMP (CUDA), and with PyTorch's upsampling instead of the bundle's (``plain``)."""
+    autocast (CPU) or float16 AMP (CUDA), and with PyTorch's own in place of the bundle's part ``pytorch`` (a key
+    of ``PYTORCH_PARTS``)."""
     import torch
     from monai.losses import DiceCELoss
     from training_reliability import DEMO_SEARCHED
@@ -395,7 +420,7 @@ def _train_step(device, width: int, roi: int, batch: int, channels_last: bool, b
     arch = Architecture(tuple(DEMO_SEARCHED["levels"]), tuple(DEMO_SEARCHED["ops"]))
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     model = C2FNASNet(arch, 1, 3, width)
-    model = (_plain_upsampling(model) if plain else model).to(device).to(memory_format=memory_format)
+    model = (PYTORCH_PARTS[pytorch](model) if pytorch else model).to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
     x = torch.randn(batch, 1, roi, roi, roi, device=device).contiguous(memory_format=memory_format)
@@ -421,13 +446,15 @@ def job_train_variant(device, width: int, roi: int, batch: int, channels_last: b
     return {"seconds": seconds, "macs": macs, "peak_bytes": _peak_bytes(device)}
 
 
-def job_train_upsampling(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_):
-    """What the bundle's upsampling buys a training step: the step with PyTorch's upsampling and with the bundle's,
-    built alike and timed in alternation in one process (so the machine's drift hits both), ``steps`` pairs; the
-    median and quartiles of the paired time ratios (PyTorch's over the bundle's)."""
-    steps_by_kind = {plain: _train_step(device, width, roi, batch, channels_last, bf16, plain)[0] for plain in (1, 0)}
+def job_train_part(
+    device, part: str, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, steps: int, **_
+):
+    """What the bundle's ``part`` (a key of ``PYTORCH_PARTS``) buys a training step: the step with PyTorch's own and
+    with the bundle's, built alike and timed in alternation in one process (so the machine's drift hits both),
+    ``steps`` pairs; the median and quartiles of the paired time ratios (PyTorch's over the bundle's)."""
+    steps_by_kind = {kind: _train_step(device, width, roi, batch, channels_last, bf16, kind)[0] for kind in (part, "")}
     seconds = _alternated(steps_by_kind, device, steps)
-    ratios = [a / b for a, b in zip(seconds[1], seconds[0])]
+    ratios = [a / b for a, b in zip(seconds[part], seconds[""])]
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {"pairs": steps, "speed_up": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
 
@@ -449,11 +476,46 @@ def job_label_map(device, side: int, classes: int, pairs: int, **_):
     return {**{kind: statistics.median(t) for kind, t in times.items()}, "speed_up": statistics.median(ratios)}
 
 
+def job_augmentation(device, pairs: int, **_):
+    """The CPU profile's training augmentation (``common.json``'s ``augmentation``) of its first preprocessed training
+    case: as MONAI's ``Compose`` of the same transforms runs it (meta data tracked) and as the bundle's
+    ``UntrackedRandomCompose`` does, timed in alternation, ``pairs`` times (the patches of one call); medians, the
+    median paired ratio and the case's shape. Both, from the same random state, must give the same patches."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+    from scripts import stage_chain
+
+    parser = ConfigParser(
+        ConfigParser.load_config_files([str(BUNDLE / stage_chain.COMMON), str(BUNDLE / stage_chain.CPU_PROFILE)])
+    )
+    with tempfile.TemporaryDirectory() as output_dir:
+        parser["bundle_root"], parser["output_dir"] = str(BUNDLE), output_dir
+        case = parser.get_parsed_content("preprocessing")(parser.get_parsed_content("train_datalist")[0])
+        untracked = parser.get_parsed_content("augmentation")
+    kinds = {"tracked": Compose(list(untracked.transforms)), "untracked": untracked}
+    patches = {}
+    for kind, augmentation in kinds.items():
+        augmentation.set_random_state(seed=0)
+        patches[kind] = [p["image"].as_subclass(torch.Tensor) for p in augmentation(dict(case))]
+    if any(not torch.equal(a, b) for a, b in zip(patches["tracked"], patches["untracked"])):
+        raise RuntimeError("UntrackedRandomCompose gave other patches than MONAI's Compose")
+    times = _alternated({kind: (lambda a=a: a(dict(case))) for kind, a in kinds.items()}, device, pairs)
+    ratios = [a / b for a, b in zip(times["tracked"], times["untracked"])]
+    return {
+        **{kind: statistics.median(t) for kind, t in times.items()},
+        "speed_up": statistics.median(ratios),
+        "shape": list(case["image"].shape[1:]),
+        "patches": len(patches["untracked"]),
+    }
+
+
 JOBS = {
+    "augmentation": job_augmentation,
     "conv_peak": job_conv_peak,
     "label_map": job_label_map,
     "train_variant": job_train_variant,
-    "train_upsampling": job_train_upsampling,
+    "train_part": job_train_part,
     "conv_shapes": job_conv_shapes,
     "sliding_window": job_sliding_window,
     "window": job_window,
@@ -661,24 +723,36 @@ def section_train(args, found: dict) -> None:
                     f"{res['peak_bytes'] / GIB:.2f}",
                 )
             )
-        # what the bundle's separable upsampling buys over PyTorch's, in float32 and as cpu_bf16 trains (CPU)
+        # what the bundle's separable upsampling buys over PyTorch's, in float32 and as cpu_bf16 trains (CPU); and
+        # its layout-keeping instance norm, which only differs on channels_last_3d
         pairs = max(args.steps, 5) * (4 if width == 8 else 1)
-        for channels_last, bf16 in ((False, False), (args.device == "cpu", True)):
-            name = f"{half if bf16 else 'float32'}, {'channels_last_3d' if channels_last else 'contiguous'}"
-            spec = dict(width=width, roi=roi, batch=batch, channels_last=channels_last, bf16=bf16, steps=pairs)
-            res = run_child(job="train_upsampling", device=args.device, **spec)
-            found.setdefault("train_upsampling", {})[f"{label} / {name}"] = res
-            print(
-                f"{name}: the bundle's upsampling against nn.Upsample, {res['pairs']} steps each in alternation: "
-                f"{res['speed_up']:.3f}x (quartiles of the paired ratios {res['quartiles'][0]:.3f}-"
-                f"{res['quartiles'][1]:.3f})"
-            )
+        for part, against, layouts in (
+            ("upsampling", "nn.Upsample", (False, args.device == "cpu")),
+            ("norm", "nn.InstanceNorm3d", (True, True)),
+        ):
+            for channels_last, bf16 in zip(layouts, (False, True)):
+                name = f"{half if bf16 else 'float32'}, {'channels_last_3d' if channels_last else 'contiguous'}"
+                spec = dict(width=width, roi=roi, batch=batch, channels_last=channels_last, bf16=bf16, steps=pairs)
+                res = run_child(job="train_part", part=part, device=args.device, **spec)
+                found.setdefault(f"train_{part}", {})[f"{label} / {name}"] = res
+                print(
+                    f"{name}: the bundle's {part} against {against}, {res['pairs']} steps each in alternation: "
+                    f"{res['speed_up']:.3f}x (quartiles of the paired ratios {res['quartiles'][0]:.3f}-"
+                    f"{res['quartiles'][1]:.3f})"
+                )
     print("\nlabel maps (every training crop's, validation's and inference's post-processing), 3 classes:")
     print(_row("scores", "torch.argmax", "the bundle's", "speed-up"))
     for side, what in ((32, "a training crop"), (96, "a window"), (128, "the inference section's case")):
         res = run_child(job="label_map", device=args.device, side=side, classes=3, pairs=max(args.steps, 5))
         found.setdefault("label_map", {})[side] = res
         print(_row(f"{what}, {side}^3", _seconds(res["torch"]), _seconds(res["bundle"]), f"{res['speed_up']:.1f}"))
+    res = run_child(job="augmentation", device="cpu", pairs=max(args.steps, 5) * 4)
+    found["augmentation"] = res
+    print(
+        f"\ntraining augmentation (the CPU profile's, of one case of {'x'.join(map(str, res['shape']))} voxels into "
+        f"{res['patches']} patches): MONAI's meta-data tracking {_seconds(res['tracked'])}, the bundle's "
+        f"UntrackedRandomCompose {_seconds(res['untracked'])}, {res['speed_up']:.2f}x"
+    )
     print("targets: float32 training step >= 0.7 of the conv peak; bfloat16 >= 1.5x float32 (issue 29)")
 
 

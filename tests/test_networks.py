@@ -12,7 +12,7 @@ from torch import nn
 from benchmarks.performance import _plain_upsampling  # the benchmark's swap to nn.Upsample, one definition
 from networks import OPS, C2FNASNet, default_architecture, enumerate_topologies
 from networks.architecture import Architecture
-from networks.c2fnas import TrilinearUpsample2x, make_op, make_transition
+from networks.c2fnas import LayoutKeepingInstanceNorm3d, TrilinearUpsample2x, make_op, make_transition
 from networks.complexity import complexity_report, count_macs, count_parameters, window_macs
 
 KERNELS = {"2D": [(3, 3, 1)], "3D": [(3, 3, 3)], "P3D": [(3, 3, 1), (1, 1, 3)]}
@@ -102,6 +102,57 @@ def test_channels_last_3d_input_and_weights():
         net = net.to(memory_format=torch.channels_last_3d)
         out = net(x.contiguous(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7, 8), (1, 3, 4, 1, 4)])
+def test_layout_keeping_norm_is_instance_norm_in_the_inputs_layout(shape):
+    """Values and gradients exactly PyTorch's instance norm's; the output in the input's memory format; the same
+    state dict (the shipped weights load); unbatched input and TorchScript as PyTorch's."""
+    torch.manual_seed(0)
+    norm = LayoutKeepingInstanceNorm3d(shape[1], affine=True)
+    nn.init.uniform_(norm.weight, 0.5, 1.5)
+    nn.init.uniform_(norm.bias, -0.5, 0.5)
+    reference = nn.InstanceNorm3d(shape[1], affine=True)
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn(shape)
+    grad = torch.randn(shape)
+    for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+        results = []
+        for module in (norm, reference):
+            module.zero_grad()
+            given = x.clone(memory_format=memory_format).requires_grad_(True)
+            out = module(given)
+            out.backward(grad)
+            results.append((out, given.grad, module.weight.grad, module.bias.grad))
+        for got, expected in zip(*results):
+            assert torch.equal(got, expected)
+        assert results[0][0].is_contiguous(memory_format=memory_format)
+    assert torch.equal(norm(x[0]), reference(x[0]))  # one unbatched volume
+    assert torch.equal(torch.jit.script(norm)(x), reference(x))
+
+
+def test_a_channels_last_network_stays_channels_last_throughout():
+    """In ``channels_last_3d`` (as ``cpu_bf16`` trains, under bfloat16 autocast or not) every module hands the next a
+    channels-last tensor, so no operation converts layouts or mixes them (a mixed ReLU backward ran 6x slower)."""
+    torch.manual_seed(0)
+    for arch in [default_architecture(), *random_architectures(2, seed=3)]:
+        net = C2FNASNet(arch, 1, 3, 4).to(memory_format=torch.channels_last_3d)
+        outputs = []
+        hooks = [m.register_forward_hook(lambda m, i, o: outputs.append((m, o))) for m in net.modules()]
+        x = torch.randn(2, 1, 32, 32, 32).contiguous(memory_format=torch.channels_last_3d)
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net(x).float().sum().backward()
+        for hook in hooks:
+            hook.remove()
+        found = [(type(m).__name__, tuple(o.shape)) for m, o in outputs if isinstance(o, torch.Tensor) and o.dim() == 5]
+        assert len(found) > 20
+        kept = [
+            o.is_contiguous(memory_format=torch.channels_last_3d)
+            for m, o in outputs
+            if isinstance(o, torch.Tensor) and o.dim() == 5
+        ]
+        assert all(kept), [f for f, k in zip(found, kept) if not k][:5]
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 6, 7), (1, 4, 2, 9, 3), (1, 2, 1, 4, 4)])

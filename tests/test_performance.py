@@ -50,3 +50,43 @@ def test_label_map_job_times_both_argmaxes_on_the_same_labels():
 
     res = job_label_map(torch.device("cpu"), side=12, classes=3, pairs=3)
     assert res["torch"] > 0 and res["bundle"] > 0 and res["speed_up"] > 0
+
+
+def test_pytorch_parts_put_pytorchs_modules_in_with_the_same_weights(monkeypatch):
+    """The train section's part rows compare the bundle's network against one with PyTorch's upsampling or instance
+    norm put in: the same weights, the same output, only the module classes differ."""
+    import torch
+    from torch import nn
+
+    from benchmarks.performance import PYTORCH_PARTS, job_train_part
+    from networks import C2FNASNet, default_architecture
+    from networks.c2fnas import LayoutKeepingInstanceNorm3d, TrilinearUpsample2x
+
+    torch.manual_seed(0)
+    net = C2FNASNet(default_architecture(), 1, 3, 4).eval()
+    for module in net.modules():
+        if isinstance(module, nn.InstanceNorm3d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        reference = net(x)
+        for part, bundle_class in (("upsampling", TrilinearUpsample2x), ("norm", LayoutKeepingInstanceNorm3d)):
+            plain = PYTORCH_PARTS[part](C2FNASNet(default_architecture(), 1, 3, 4).eval())
+            plain.load_state_dict(net.state_dict())
+            assert not any(isinstance(m, bundle_class) for m in plain.modules()), part
+            torch.testing.assert_close(plain(x), reference, rtol=1e-4, atol=1e-5)
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))  # as the benchmark's children run
+    res = job_train_part(torch.device("cpu"), "norm", width=2, roi=16, batch=1, channels_last=True, bf16=False, steps=2)
+    assert res["pairs"] == 2 and res["speed_up"] > 0 and res["quartiles"][0] <= res["quartiles"][1]
+
+
+def test_augmentation_job_times_the_profiles_augmentation_with_and_without_tracking():
+    """The train section's augmentation row: the CPU profile's own augmentation of an embedded case, both ways (the
+    job stops if the patches differ)."""
+    import torch
+
+    from benchmarks.performance import job_augmentation
+
+    res = job_augmentation(torch.device("cpu"), pairs=2)
+    assert res["tracked"] > 0 and res["untracked"] > 0 and res["speed_up"] > 0
+    assert res["patches"] == 2 and len(res["shape"]) == 3

@@ -10,17 +10,20 @@ from typing import Any, Dict, Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelWriter
+from monai.data import MetaTensor, NibabelWriter, get_track_meta, set_track_meta
 from monai.transforms import AsDiscrete as MonaiAsDiscrete
 from monai.transforms import AsDiscreted as MonaiAsDiscreted
 from monai.transforms import (
+    Compose,
     EnsureChannelFirstd,
     LoadImaged,
     MapTransform,
     NormalizeIntensity,
+    RandomizableTrait,
     SaveImaged,
     ScaleIntensityRange,
     Spacingd,
+    Transform,
 )
 from scripts.data import check_image_file
 from scripts.errors import DatasetError, NonFiniteError, OutputError, one_line
@@ -212,6 +215,37 @@ class AsDiscreted(MonaiAsDiscreted):
         converter = _AsDiscrete()
         converter.kwargs = self.converter.kwargs
         self.converter = converter
+
+
+class UntrackedRandomCompose(Compose):
+    """MONAI's ``Compose`` (same arguments) that runs its random transforms, from the first one on (where a
+    ``CacheDataset`` resumes from its cache), with MONAI's meta-data tracking off; the transforms before run as usual.
+
+    The training patches need no meta data, yet on the CPU profile's small cases MONAI's tracking (each flip and crop
+    copying the meta data and recording itself) took 60 % of the augmentation's time. MONAI has only the
+    process-wide switch (``set_track_meta``), which the evaluation's meta data must not lose, so this turns it off
+    for the random transforms alone and back on after them. The same random draws give the same patches, as plain
+    tensors. The switch is process-wide: do not run one from several threads at once (data-loader worker processes
+    are fine).
+    """
+
+    def __call__(self, input_, start=0, end=None, threading=False, lazy=None):
+        first_random = self.get_index_of_first(
+            lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
+        )
+        split = len(self.transforms) if first_random is None else max(first_random, start)
+        stop = len(self.transforms) if end is None else end
+        data = input_
+        if start < min(split, stop):
+            data = super().__call__(data, start=start, end=min(split, stop), threading=threading, lazy=lazy)
+        if split >= stop:
+            return data
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            return super().__call__(data, start=split, end=stop, threading=threading, lazy=lazy)
+        finally:
+            set_track_meta(tracking)
 
 
 class AtomicNibabelWriter(NibabelWriter):
