@@ -76,16 +76,19 @@ def _conv(in_channels: int, out_channels: int, kernel: Sequence[int], stride: in
 class TrilinearUpsample2x(nn.Module):
     """Trilinear x2 upsampling with ``align_corners=False``: ``(B, C, D0, D1, D2) -> (B, C, 2*D0, 2*D1, 2*D2)``.
 
-    Equal to ``nn.Upsample(scale_factor=2, mode="trilinear")``, computed as three separable 1D passes that write
-    straight into their outputs, contiguous or ``channels_last_3d`` as the input is: about 5x faster than PyTorch's
-    CPU kernel without autograd and 2x with it (its backward is the passes' adjoint, ``_SeparableUpsample``;
-    ``benchmarks/performance.py``). Half-precision tensors are computed in float32 and rounded once, as PyTorch's
-    kernel does. When traced (a graph runtime such as OpenVINO then sees one interpolation), scripted with autograd
-    (TorchScript has no custom autograd functions), and for sides under 2, it calls ``F.interpolate``.
+    Equal to ``nn.Upsample(scale_factor=2, mode="trilinear")``. A contiguous input is computed as three separable 1D
+    passes that write straight into their outputs: 1.1-3.5x faster than PyTorch's CPU kernel for contiguous tensors,
+    with autograd too (its backward is the passes' adjoint, ``_SeparableUpsample``; ``benchmarks/performance.py``).
+    Half-precision tensors are computed in float32 and rounded once, as PyTorch's kernel does. A ``channels_last_3d``
+    input goes to ``F.interpolate``, whose channels-last kernel is as fast or faster (in bfloat16 with autograd about
+    twice; the bfloat16 values and gradients the same), as do inputs when traced (a graph runtime such as OpenVINO
+    then sees one interpolation), scripted with autograd (TorchScript has no custom autograd functions), and with
+    sides under 2.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or x.dim() != 5 or min(x.shape[2:]) < 2:
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+        if torch.jit.is_tracing() or x.dim() != 5 or min(x.shape[2:]) < 2 or channels_last:
             return nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
         if torch.is_grad_enabled() and x.requires_grad:
             if torch.jit.is_scripting():  # TorchScript has no custom autograd functions

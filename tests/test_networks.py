@@ -194,6 +194,30 @@ def test_upsampling_gradient_equals_trilinear_interpolation(shape, memory_format
     assert torch.autograd.gradcheck(TrilinearUpsample2x(), (x.clone().requires_grad_(),))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_upsampling_is_pytorchs_kernel_and_contiguous_the_separable_passes(dtype, monkeypatch):
+    """Where each layout goes: ``channels_last_3d`` to ``F.interpolate`` (its channels-last kernel is the faster
+    there: exactly its values and gradients), contiguous to the separable passes (``_separable``, counted)."""
+    import networks.c2fnas as c2fnas
+
+    calls = []
+    separable = c2fnas._separable
+    monkeypatch.setattr(c2fnas, "_separable", lambda x, adjoint: calls.append(adjoint) or separable(x, adjoint))
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 4, 7).to(dtype)
+    upstream = torch.randn(2, 6, 10, 8, 14).to(dtype)
+    for memory_format, expected_calls in ((torch.channels_last_3d, []), (torch.contiguous_format, [False, True])):
+        calls.clear()
+        leaf, reference_leaf = (x.clone(memory_format=memory_format).requires_grad_() for _ in range(2))
+        out = TrilinearUpsample2x()(leaf)
+        reference = nn.functional.interpolate(reference_leaf, scale_factor=2.0, mode="trilinear", align_corners=False)
+        out.backward(upstream.contiguous(memory_format=memory_format))
+        reference.backward(upstream.contiguous(memory_format=memory_format))
+        assert calls == expected_calls and out.is_contiguous(memory_format=memory_format)
+        if memory_format == torch.channels_last_3d:
+            assert torch.equal(out, reference) and torch.equal(leaf.grad, reference_leaf.grad)
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_upsampling_in_bfloat16_rounds_once_as_pytorch_does(grad):
     """In bfloat16 (CPU autocast leaves interpolation in the input's dtype) the upsampling computes in float32 and
