@@ -723,11 +723,11 @@ def section_train(args, found: dict) -> None:
                     f"{res['peak_bytes'] / GIB:.2f}",
                 )
             )
-        # what the bundle's separable upsampling buys over PyTorch's, in float32 and as cpu_bf16 trains (CPU); and
-        # its layout-keeping instance norm, which only differs on channels_last_3d
+        # what the bundle's parts buy over PyTorch's where they differ from it: the separable upsampling on contiguous
+        # tensors (channels-last ones it hands to PyTorch's kernel), the layout-keeping norm on channels_last_3d
         pairs = max(args.steps, 5) * (4 if width == 8 else 1)
         for part, against, layouts in (
-            ("upsampling", "nn.Upsample", (False, args.device == "cpu")),
+            ("upsampling", "nn.Upsample", (False, False)),
             ("norm", "nn.InstanceNorm3d", (True, True)),
         ):
             for channels_last, bf16 in zip(layouts, (False, True)):

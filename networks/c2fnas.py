@@ -49,8 +49,8 @@ class LayoutKeepingInstanceNorm3d(nn.InstanceNorm3d):
     PyTorch's CPU instance norm always returns a contiguous tensor. In a channels-last network every following
     operation then mixes layouts: the next convolution converts its input back, and the ReLU between them runs its
     backward on a contiguous output and a channels-last gradient, about 6x slower than on one layout. Converting the
-    output once here keeps the network in one layout (the bfloat16 training step of ``make demo``'s network 1.14x
-    faster; ``benchmarks/performance.py --sections train``).
+    output once here keeps the network in one layout (the CPU-profile training step of ``make demo``'s network 1.1x
+    faster in bfloat16 and in float32; ``benchmarks/performance.py --sections train``).
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -81,9 +81,9 @@ class TrilinearUpsample2x(nn.Module):
     with autograd too (its backward is the passes' adjoint, ``_SeparableUpsample``; ``benchmarks/performance.py``).
     Half-precision tensors are computed in float32 and rounded once, as PyTorch's kernel does. A ``channels_last_3d``
     input goes to ``F.interpolate``, whose channels-last kernel is as fast or faster (in bfloat16 with autograd about
-    twice; the bfloat16 values and gradients the same), as do inputs when traced (a graph runtime such as OpenVINO
-    then sees one interpolation), scripted with autograd (TorchScript has no custom autograd functions), and with
-    sides under 2.
+    twice, the values and gradients the same to float32 rounding), as do inputs when traced (a graph runtime such as
+    OpenVINO then sees one interpolation), scripted with autograd (TorchScript has no custom autograd functions), and
+    with sides under 2.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
