@@ -6,7 +6,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Hashable, Mapping, Sequence
+from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
 
 import torch
 from monai.config import KeysCollection
@@ -229,7 +229,14 @@ class UntrackedRandomCompose(Compose):
     are fine).
     """
 
-    def __call__(self, input_, start=0, end=None, threading=False, lazy=None):
+    def __call__(
+        self,
+        input_: Any,
+        start: int = 0,
+        end: Optional[int] = None,
+        threading: bool = False,
+        lazy: Optional[bool] = None,
+    ) -> Any:
         first_random = self.get_index_of_first(
             lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
         )
