@@ -116,17 +116,25 @@ def _c2fnas(base_channels: int = 32, plain: bool = False):
     return net
 
 
+def _swapped(net, bundle_class, pytorch_module: Callable):
+    """``net`` with each of its ``bundle_class`` modules replaced by ``pytorch_module(that module)``."""
+    for module in net.modules():
+        for name, child in module.named_children():
+            if isinstance(child, bundle_class):
+                setattr(module, name, pytorch_module(child))
+    return net
+
+
 def _plain_upsampling(net):
     """``net`` with PyTorch's own upsampling (``nn.Upsample``) in place of the bundle's ``TrilinearUpsample2x``."""
     from torch import nn
 
     from networks.c2fnas import TrilinearUpsample2x
 
-    for module in net.modules():
-        for name, child in module.named_children():
-            if isinstance(child, TrilinearUpsample2x):
-                setattr(module, name, nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False))
-    return net
+    def upsample(_):
+        return nn.Upsample(scale_factor=2.0, mode="trilinear", align_corners=False)
+
+    return _swapped(net, TrilinearUpsample2x, upsample)
 
 
 def _plain_norm(net):
@@ -136,13 +144,12 @@ def _plain_norm(net):
 
     from networks.c2fnas import LayoutKeepingInstanceNorm3d
 
-    for module in net.modules():
-        for name, child in module.named_children():
-            if isinstance(child, LayoutKeepingInstanceNorm3d):
-                plain = nn.InstanceNorm3d(child.num_features, eps=child.eps, affine=child.affine)
-                plain.load_state_dict(child.state_dict())
-                setattr(module, name, plain)
-    return net
+    def plain(norm):
+        module = nn.InstanceNorm3d(norm.num_features, eps=norm.eps, affine=norm.affine)
+        module.load_state_dict(norm.state_dict())
+        return module
+
+    return _swapped(net, LayoutKeepingInstanceNorm3d, plain)
 
 
 # the bundle's parts that PyTorch also has, each with what puts PyTorch's in its place

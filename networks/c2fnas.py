@@ -42,6 +42,11 @@ def level_channels(level: int, base_channels: int) -> int:
     return base_channels * 2**level
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out ``channels_last_3d`` and not also contiguous (a layout-neutral shape is not)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 class LayoutKeepingInstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (same arguments, parameters and values) whose output ``(B, C, D0, D1, D2)`` keeps a
     ``channels_last_3d`` input's layout.
@@ -58,7 +63,7 @@ class LayoutKeepingInstanceNorm3d(nn.InstanceNorm3d):
         if input.dim() == 4:  # one unbatched (C, D0, D1, D2) volume
             return self._apply_instance_norm(input.unsqueeze(0)).squeeze(0)
         output = self._apply_instance_norm(input)
-        if not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last_3d):
+        if _channels_last(input):
             output = output.contiguous(memory_format=torch.channels_last_3d)
         return output
 
@@ -87,8 +92,7 @@ class TrilinearUpsample2x(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
-        if torch.jit.is_tracing() or x.dim() != 5 or min(x.shape[2:]) < 2 or channels_last:
+        if torch.jit.is_tracing() or x.dim() != 5 or min(x.shape[2:]) < 2 or _channels_last(x):
             return nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
         if torch.is_grad_enabled() and x.requires_grad:
             if torch.jit.is_scripting():  # TorchScript has no custom autograd functions
@@ -120,7 +124,7 @@ def _separable(x: torch.Tensor, adjoint: bool) -> torch.Tensor:
     float16 in float32, rounded once at the end."""
     half = x.dtype == torch.bfloat16 or x.dtype == torch.float16
     y = x.float() if half else x
-    channels_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last_3d)
+    channels_last = _channels_last(y)
     if channels_last:
         y = y.permute(0, 2, 3, 4, 1)  # (B, D0, D1, D2, C), dense
     # the innermost spatial axis first: the large passes then write whole contiguous rows
