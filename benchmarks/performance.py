@@ -13,13 +13,14 @@ Sections (``--sections``, default all):
   ``TopologySearch.decode`` from freshly initialised alphas, seed 0), ``SegResNet`` and ``UNet`` of similar size.
 - ``search``: one SGD training step of the supernets vs the derived network (same width, same patch), and of
   MONAI's ``TopologySearch`` (12 blocks, 4 depths, channel_mul 0.5).
-- ``train``: the training step of the network ``make demo`` finds (CPU profile: F=8, 4 crops of 32^3; and at the
-  default width: F=32, one 96^3 crop) in float32 and under bfloat16 autocast, each in both memory formats: seconds,
-  GFLOP/s (a step counted as three times the forward convolutions' 2 x MACs) and efficiency against the float32
-  conv3d peak measured in the same run; the bundle's upsampling and instance norm against PyTorch's within a step;
-  a label map (the argmax of class scores) by ``torch.argmax`` against the bundle's ``networks.labels.argmax``; and
-  the CPU profile's augmentation of a training case with MONAI's meta-data tracking and without (the bundle's
-  ``UntrackedRandomCompose``).
+- ``train``: the training step of the network ``make demo`` found in 0.6 and 0.8.3 (CPU profile: F=8, 4 crops of 32^3;
+  and at the default width: F=32, one 96^3 crop) in float32 and under bfloat16 autocast, each in both memory formats:
+  seconds, GFLOP/s (a step counted as three times the forward convolutions' 2 x MACs) and efficiency against the float32
+  conv3d peak measured in the same run; the bundle's upsampling and instance norm against PyTorch's within a step; a
+  label map (the argmax of class scores) by ``torch.argmax`` against the bundle's ``networks.labels.argmax``; and the
+  CPU profile's augmentation of a training case with MONAI's meta-data tracking and without (the bundle's
+  ``UntrackedRandomCompose``); on the CPU, the profile's training steps per second of one process against two side by
+  side with half the threads each (``cluster_workers``).
 - ``cost``: compute of coarse + fine search at the configs' default budget / compute of the default training run,
   from the iteration counts in the configs and the step and window times measured in ``search`` and ``monai``.
 - ``dice``: Dice per unit of compute on the embedded data at the CPU profile: the network the search finds (seed 0)
@@ -412,10 +413,10 @@ def job_train_step(device, kind: str, roi: int, steps: int, **_) -> dict:
 
 
 def _train_step(device, width: int, roi: int, batch: int, channels_last: bool, bf16: bool, pytorch: str = ""):
-    """One SGD + DiceCE step of the network ``make demo`` finds (``training_reliability.DEMO_SEARCHED``, ``batch``
-    crops of ``roi``^3) as a callable, and its multiply-adds: optionally in ``channels_last_3d``, under bfloat16
-    autocast (CPU) or float16 AMP (CUDA), and with PyTorch's own in place of the bundle's part ``pytorch`` (a key
-    of ``PYTORCH_PARTS``)."""
+    """One SGD + DiceCE step of the network ``make demo`` found in 0.6 and 0.8.3 (``DEMO_SEARCHED`` of
+    ``training_reliability``, kept so that every version's figures compare; ``batch`` crops of ``roi``^3) as a
+    callable, and its multiply-adds: optionally in ``channels_last_3d``, under bfloat16 autocast (CPU) or float16 AMP
+    (CUDA), and with PyTorch's own in place of the bundle's part ``pytorch`` (a key of ``PYTORCH_PARTS``)."""
     import torch
     from monai.losses import DiceCELoss
     from training_reliability import DEMO_SEARCHED
@@ -464,6 +465,23 @@ def job_train_part(
     ratios = [a / b for a, b in zip(seconds[part], seconds[""])]
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {"pairs": steps, "speed_up": statistics.median(ratios), "quartiles": [quartiles[0], quartiles[2]]}
+
+
+def job_train_for(device, threads: int, seconds: float, bf16: bool, **_):
+    """The CPU profile's training step (``_train_step``: F=8, 4 crops of 32^3, ``channels_last_3d``) with ``threads``
+    threads, repeated for ``seconds`` after a warm-up: steps done, their seconds, the span's wall-clock start and end
+    (``time.time()``), and the threads used."""
+    import torch
+
+    torch.set_num_threads(threads)
+    step, _ = _train_step(device, 8, 32, 4, True, bf16)
+    step()
+    steps, start, wall_start = 0, time.perf_counter(), time.time()
+    while time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    elapsed = time.perf_counter() - start
+    return {"steps": steps, "seconds": elapsed, "span": [wall_start, time.time()], "threads": torch.get_num_threads()}
 
 
 def job_label_map(device, side: int, classes: int, pairs: int, **_):
@@ -523,6 +541,7 @@ JOBS = {
     "label_map": job_label_map,
     "train_variant": job_train_variant,
     "train_part": job_train_part,
+    "train_for": job_train_for,
     "conv_shapes": job_conv_shapes,
     "sliding_window": job_sliding_window,
     "window": job_window,
@@ -552,6 +571,27 @@ def run_child(**spec) -> dict:
         reason = "out of memory (killed)" if done.returncode in (-9, 137) else done.stderr.strip()[-500:]
         raise RuntimeError(f"{spec}: {reason}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_children(*specs: dict) -> list:
+    """``run_child`` of each spec, all at once (each its own process); their results in order."""
+    running = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for spec in specs
+    ]
+    results = []
+    for spec, process in zip(specs, running):
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"{spec}: {err.strip()[-500:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def _row(name: str, *cells) -> str:
@@ -760,7 +800,40 @@ def section_train(args, found: dict) -> None:
         f"{res['patches']} patches): MONAI's meta-data tracking {_seconds(res['tracked'])}, the bundle's "
         f"UntrackedRandomCompose {_seconds(res['untracked'])}, {res['speed_up']:.2f}x"
     )
+    if args.device == "cpu":
+        _side_by_side(args, found)
     print("targets: float32 training step >= 0.7 of the conv peak; bfloat16 >= 1.5x float32 (issue 29)")
+
+
+def _side_by_side(args, found: dict) -> None:
+    """What ``cluster_workers`` buys: the CPU profile's training steps per second of one process with all of torch's
+    threads, against two processes with half of them each side by side (as the coarse search's clusters train),
+    in the precision the bundle's ``cpu_bf16`` default picks; the two one after the other, twice, so the drift
+    hits both."""
+    import torch
+
+    from networks.precision import default_cpu_bf16
+
+    threads, bf16 = torch.get_num_threads(), default_cpu_bf16(torch.device("cpu"))
+    if threads < 2:
+        print("\ntwo trainings side by side: not measured (torch has 1 thread here)")
+        return
+    spec = dict(job="train_for", device="cpu", seconds=10.0 * max(args.steps, 5) / 5, bf16=bf16)
+    rates: Dict[str, list] = {"one": [], "two": []}
+    for _ in range(2):
+        (one,) = run_children({**spec, "threads": threads})
+        rates["one"].append(one["steps"] / one["seconds"])
+        two = run_children(*[{**spec, "threads": threads // 2}] * 2)
+        rates["two"].append(sum(r["steps"] / r["seconds"] for r in two))
+    speed_up = [b / a for a, b in zip(rates["one"], rates["two"])]
+    found["side_by_side"] = {"threads": threads, "bf16": bf16, "steps_per_second": rates, "speed_up": speed_up}
+    print(
+        f"\ntwo trainings side by side (the CPU profile's step, {'bfloat16' if bf16 else 'float32'}, "
+        f"{spec['seconds']:.0f} s each, twice): one process of {threads} threads "
+        f"{' and '.join(f'{r:.1f}' for r in rates['one'])} steps/s, two of {threads // 2} "
+        f"{' and '.join(f'{r:.1f}' for r in rates['two'])} steps/s together: "
+        f"{' and '.join(f'{x:.2f}x' for x in speed_up)} (cluster_workers)"
+    )
 
 
 def section_cost(args, found: dict) -> None:

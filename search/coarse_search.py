@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import multiprocessing
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from networks import Architecture, C2FNASSupernet
 from networks.c2fnas import ArchLike, as_architecture
@@ -10,8 +20,11 @@ from search.evolution import AgingEvolution
 from search.settings import SearchSettings, SearchSettingsError, check_setting
 from search.space import SearchSpace, random_ops, rng
 from search.stage import SearchStage
+from search.state import SearchState
 
 __all__ = ["CoarseSearch"]
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class CoarseSearch(SearchStage):
@@ -27,6 +40,13 @@ class CoarseSearch(SearchStage):
     on all finalists together (``finalist_iterations``) rates them again on one shared yardstick; the best there is
     the result. This removes the comparison across supernets that differ in training luck.
 
+    With ``cluster_workers`` W > 1 (one process, not under DDP) the clusters' supernets are trained W at a time in
+    worker processes, each with 1/W of this process's threads and its own resumable state file
+    (``search_coarse_cluster<k>_state.pt``, removed once the cluster is scored). Each cluster's training is the same
+    function of the seed as in one process; on a small CPU two single-threaded trainings side by side do more steps
+    per second than one with both threads (``docs/benchmarks.md``). Each worker holds its own copy of the training
+    data's cache.
+
     With a compute budget (``max_gmacs``), a cluster holds only the topologies whose cheapest op assignment fits
     it (a cluster left empty is not trained), and every op assignment drawn fits it too.
 
@@ -37,6 +57,8 @@ class CoarseSearch(SearchStage):
         score_samples: sampled members per cluster score; op_samples: op assignments per topology fitness.
         finalists: topologies per cluster rated again on a shared supernet (0: evolve in the best cluster only).
         finalist_iterations: training iterations of the finalists' supernet (0: ``cluster_iterations``).
+        cluster_workers: clusters trained at once in worker processes (1: one after another in this process).
+        worker_init: called first in each worker process (e.g. the bundle's ``device_tuning``); picklable.
     """
 
     name = "coarse"
@@ -58,6 +80,8 @@ class CoarseSearch(SearchStage):
         op_samples: int = 3,
         finalists: int = 0,
         finalist_iterations: int = 0,
+        cluster_workers: int = 1,
+        worker_init: Optional[Callable[[], Any]] = None,
     ):
         super().__init__(settings, train_data, val_data, preprocessing, augmentation, loss_function)
         num_cells = check_setting("num_cells", num_cells, int, minimum=2)
@@ -71,6 +95,8 @@ class CoarseSearch(SearchStage):
         self.op_samples = check_setting("op_samples", op_samples, int, minimum=1)
         self.finalists = check_setting("finalists", finalists, int, minimum=0)
         self.finalist_iterations = check_setting("finalist_iterations", finalist_iterations, int, minimum=0)
+        self.cluster_workers = check_setting("cluster_workers", cluster_workers, int, minimum=1)
+        self.worker_init = worker_init
         self.space = SearchSpace(
             num_cells, min_depth=min_depth, max_depth=max_depth, num_clusters=num_clusters, seed=settings.seed
         )
@@ -136,6 +162,7 @@ class CoarseSearch(SearchStage):
             return finished
         tensors = self.state.tensors  # "best_supernet": weights of the best cluster so far; "supernet"...: in training
         self.check_budget(self.space.topologies)
+        self.train_clusters_in_workers()
         for k in range(self.progress["cluster"], self.space.num_clusters):
             members = self.members(k)
             if not members:
@@ -145,9 +172,13 @@ class CoarseSearch(SearchStage):
                 self.state.save()
                 continue
             supernet = self.build_supernet(members, "cluster", k)
-            if tensors.get("supernet") is not None:  # resuming inside this cluster's training or evolution
-                supernet.load_state_dict(tensors["supernet"])
-            self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
+            trained = None if tensors.get("supernet") is not None else self.worker_trained(k)
+            if trained is not None:  # trained by a worker process
+                supernet.load_state_dict(trained)
+            else:
+                if tensors.get("supernet") is not None:  # resuming inside this cluster's training or evolution
+                    supernet.load_state_dict(tensors["supernet"])
+                self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
             self.keep_supernet(supernet, f"cluster{k}")
             samples = []
             for j in range(self.score_samples):
@@ -181,7 +212,85 @@ class CoarseSearch(SearchStage):
                 tensors["best_supernet"] = best_weights
             self.progress.update({"cluster": k + 1, "iteration": 0})
             self.state.save()
+            if self.is_main:
+                self.worker_state_path(k).unlink(missing_ok=True)  # its weights are in this stage's state now
+        if self.is_main:  # also one a kill left between the save and the removal above
+            for k in range(self.space.num_clusters):
+                self.worker_state_path(k).unlink(missing_ok=True)
         return self.final_round() if self.finalists else self.best_cluster_round()
+
+    # ------------------------------------------------------------------ clusters trained in worker processes
+    def worker_state_path(self, k: int) -> Path:
+        return self.output_dir / f"search_{self.name}_cluster{k}_state.pt"
+
+    def worker_state(self, k: int) -> SearchState:
+        """Cluster ``k``'s own resumable training state (loaded when saved; ``SearchStateError`` when it was saved
+        with other settings)."""
+        state = SearchState(self.worker_state_path(k), {**self.fingerprint(), "cluster": k}, self.is_main)
+        state.reset()
+        state.load(self.settings.device)
+        return state
+
+    def worker_trained(self, k: int) -> Optional[Dict[str, torch.Tensor]]:
+        """The weights of cluster ``k``'s supernet when a worker finished training it, else None."""
+        if not self.worker_state_path(k).exists():
+            return None
+        state = self.worker_state(k)
+        return state.tensors["supernet"] if state.progress["done"] else None
+
+    def train_cluster(self, k: int) -> None:
+        """Train cluster ``k``'s supernet as ``run`` does, resuming from and saving to its own state file (what a
+        worker process runs)."""
+        self._state = self.worker_state(k)
+        if self.progress["done"]:
+            return
+        members = self.members(k)
+        supernet = self.build_supernet(members, "cluster", k)
+        if self.state.tensors.get("supernet") is not None:
+            supernet.load_state_dict(self.state.tensors["supernet"])
+        self.train_supernet(f"cluster{k}", supernet, members, self.cluster_iterations)
+        self.progress["done"] = True
+        self.state.tensors = {"supernet": supernet}
+        self.state.save()
+        if self._writer is not None:
+            self._writer.close()
+
+    def train_clusters_in_workers(self) -> None:
+        """With ``cluster_workers`` > 1, train the supernets of the clusters still to train in that many worker
+        processes at once (at most one per thread of this process), before ``run`` scores them in order. An error in
+        a worker stops the stage with that error; finished clusters are kept for a re-run."""
+        first = self.progress["cluster"]
+        if self.state.tensors.get("supernet") is not None:  # this process was inside cluster ``first``'s training
+            first += 1
+        pending = [
+            k for k in range(first, self.space.num_clusters) if self.members(k) and self.worker_trained(k) is None
+        ]
+        workers = min(self.cluster_workers, len(pending), torch.get_num_threads())
+        if workers < 2 or self.world_size > 1:
+            return
+        threads = max(1, torch.get_num_threads() // workers)
+        self.logger.info(
+            f"training the supernets of clusters {pending} in {workers} worker processes, {threads} thread(s) each"
+        )
+        root = logging.getLogger()  # the workers log as this process does (its first handler's format and stream)
+        handler = root.handlers[0] if root.handlers else None
+        logs = (
+            handler.formatter if handler is not None else None,
+            root.level if handler is not None else logging.INFO,
+            getattr(handler, "stream", None) is sys.stdout,
+        )
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = [pool.submit(_train_cluster, self, k, threads, i == 0, logs) for i, k in enumerate(pending)]
+            for k, job in zip(pending, jobs):
+                try:
+                    job.result()
+                except BrokenProcessPool as e:
+                    raise RuntimeError(
+                        f"{self.output_dir}: the worker process training cluster {k}'s supernet ended without a result "
+                        "(killed, or out of memory?); the clusters' training so far is saved there: run the stage "
+                        "again to continue"
+                    ) from e
 
     def best_cluster_round(self) -> Architecture:
         """The paper's way: aging evolution in the best-scoring cluster, on its supernet."""
@@ -244,3 +353,27 @@ class CoarseSearch(SearchStage):
             **more,
         }
         return self.finish(arch, history, groups)
+
+
+def _train_cluster(
+    stage: CoarseSearch, k: int, threads: int, progress_bar: bool, logs: Tuple[Optional[logging.Formatter], int, bool]
+) -> None:
+    """A worker process's job: ``stage.train_cluster(k)`` with ``threads`` threads (a progress bar if asked), logging
+    as ``logs`` = (formatter, level, to stdout) says."""
+    _end_with_parent()
+    torch.set_num_threads(threads)
+    formatter, level, to_stdout = logs
+    handler = logging.StreamHandler(sys.stdout if to_stdout else sys.stderr)
+    handler.setFormatter(formatter or logging.Formatter(logging.BASIC_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
+    if stage.worker_init is not None:
+        stage.worker_init()
+    stage.progress_bar = stage.progress_bar and progress_bar
+    stage.train_cluster(k)
+
+
+def _end_with_parent() -> None:
+    """On Linux, have the kernel kill this process when the process that started it ends (killed too), so that no
+    worker goes on training, and writing its state, beside a re-run."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -85,17 +85,19 @@ def run_trainer(
     summary_writer: Optional[object] = None,
     log_interval: int = 10,
     show_progress: bool = True,
+    progress_bar: bool = True,
 ) -> None:
     """Run ``engine`` over iterations ``start_iteration .. total_iterations - 1`` (``batches`` starts at the first).
 
     ``checkpoint(iterations_done)`` is called every ``checkpoint_interval`` iterations and at the end. Handlers
-    (progress bar, a ``StatsHandler`` logging to ``name``, TensorBoard loss and lr) are attached when
-    ``show_progress`` is set (rank 0 under DDP).
+    (progress bar unless ``progress_bar`` is off, a ``StatsHandler`` logging to ``name``, TensorBoard loss and lr)
+    are attached when ``show_progress`` is set (rank 0 under DDP).
     """
     if start_iteration >= total_iterations:
         return
-    if show_progress:
+    if show_progress and progress_bar:
         ProgressBar(desc=name, persist=True).attach(engine, output_transform=lambda out: {"loss": out["loss"]})
+    if show_progress:
         StatsHandler(
             name=name,
             iteration_log=lambda _engine, iteration: iteration % log_interval == 0,

@@ -89,6 +89,7 @@ class SearchStage:
         self.output_dir = Path(settings.output_dir)
         self.loss_function = loss_function or DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True)
         self.show_progress = settings.show_progress and self.is_main
+        self.progress_bar = self.show_progress  # a worker process beside another shows its logs only
         self.logger = logging.getLogger(f"c2fnas.search.{self.name}")
         if not self.is_main:  # one log under DDP
             self.logger.setLevel(logging.WARNING)
@@ -97,6 +98,11 @@ class SearchStage:
         self._writer: Optional[Any] = None
         self._state: Optional[SearchState] = None
         self._kept: Dict[str, C2FNASSupernet] = {}
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """For a worker process: the stage without what it builds on use (data, evaluator, writer, state)."""
+        fresh = {"_stream": None, "_evaluator": None, "_writer": None, "_state": None, "_kept": {}}
+        return {**self.__dict__, **fresh}
 
     @property
     def state(self) -> SearchState:
@@ -247,6 +253,7 @@ class SearchStage:
             checkpoint_interval=s.checkpoint_interval,
             summary_writer=self.writer if self.show_progress else None,
             show_progress=self.show_progress,
+            progress_bar=self.progress_bar,
         )
 
     def supernet_dice(self, supernet: C2FNASSupernet, arch: Architecture) -> float:

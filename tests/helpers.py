@@ -289,6 +289,16 @@ def array_transforms():
     return preprocessing, augmentation
 
 
+class Failing:
+    """A transform that stops with ``ValueError(message)``; picklable, so it fails in worker processes too."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __call__(self, data):
+        raise ValueError(self.message)
+
+
 def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **overrides):
     """A CoarseSearch or FineSearch on tiny rods data (F=4, 6 cells), small enough for tests on 2 CPU cores."""
     from search import CoarseSearch, FineSearch, SearchSettings
@@ -309,6 +319,7 @@ def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **ove
         show_progress=False,
     )
     stage_args = {k: overrides.pop(k) for k in list(overrides) if k not in SearchSettings.__dataclass_fields__}
+    augmentation = stage_args.pop("augmentation", augmentation)
     data = (SearchSettings(**{**settings, **overrides}), rods_data(6), rods_data(2, offset=100), preprocessing)
     if stage == "coarse":
         budgets = dict(num_cells=6, min_depth=2, max_depth=3, num_clusters=3, cluster_iterations=12, score_samples=2)
@@ -317,14 +328,15 @@ def small_stage(stage: str, output_dir: str, seed: int = 0, topology=None, **ove
 
 
 if __name__ == "__main__":  # python helpers.py STAGE OUTPUT_DIR [TOPOLOGY_FILE]: one small search, as a subprocess
-    # (STAGE coarse_finalists: the coarse stage with 2 finalists per cluster)
+    # (STAGE coarse_finalists: the coarse stage with 2 finalists per cluster; coarse_workers: with 2 worker processes)
     import torch  # under torchrun each rank also writes the architecture it ends with to rank<R>.json
 
-    torch.set_num_threads(1)
+    variants = {"coarse_finalists": {"finalists": 2}, "coarse_workers": {"cluster_workers": 2}}
+    torch.set_num_threads(2 if sys.argv[1] == "coarse_workers" else 1)  # the workers: 1 thread each
     distributed = "RANK" in os.environ
     if distributed:
         torch.distributed.init_process_group("gloo")
-    stage, more = (sys.argv[1], {}) if sys.argv[1] != "coarse_finalists" else ("coarse", {"finalists": 2})
+    stage, more = (sys.argv[1], {}) if sys.argv[1] not in variants else ("coarse", variants[sys.argv[1]])
     arch = small_stage(stage, sys.argv[2], topology=sys.argv[3] if len(sys.argv) > 3 else None, **more).run()
     if distributed:
         Path(sys.argv[2], f"rank{os.environ['RANK']}.json").write_text(json.dumps(arch.to_dict()))

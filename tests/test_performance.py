@@ -90,3 +90,17 @@ def test_augmentation_job_times_the_profiles_augmentation_with_and_without_track
     res = job_augmentation(torch.device("cpu"), pairs=2)
     assert res["tracked"] > 0 and res["untracked"] > 0 and res["speed_up"] > 0
     assert res["patches"] == 2 and len(res["shape"]) == 3
+
+
+def test_side_by_side_row_runs_its_children_at_once_with_their_threads():
+    """The train section's side-by-side row (``cluster_workers``): ``run_children`` runs the training-step job in
+    processes at the same time (their timed spans overlap), each with the threads it is given, and hands back each
+    one's steps and seconds."""
+    from benchmarks.performance import run_children
+
+    spec = dict(job="train_for", device="cpu", seconds=3.0, bf16=False)
+    results = run_children({**spec, "threads": 1}, {**spec, "threads": 2})
+    assert [r["threads"] for r in results] == [1, 2]
+    assert all(r["steps"] >= 1 and r["seconds"] >= 3.0 for r in results)
+    (start_a, end_a), (start_b, end_b) = (r["span"] for r in results)
+    assert start_a < end_b and start_b < end_a, "side by side, not one after the other"

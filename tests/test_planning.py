@@ -40,7 +40,8 @@ def task_datasets(dataset, tmp_path_factory):
 )
 def test_whole_chain_on_any_task(task_datasets, tmp_path, task):
     """plan -> search_coarse -> search_fine -> train -> evaluate -> inference, each a `monai.bundle run` from another
-    cwd with the tiny profile, changing only --dataset_dir (and where outputs go)."""
+    cwd with the tiny profile, changing only --dataset_dir (and where outputs go); the coarse clusters trained in
+    worker processes, as the CPU profile does."""
     dataset, expected = task_datasets[task]
     out = tmp_path / "outputs"
     common = {"dataset_dir": str(dataset), "output_dir": str(out)}
@@ -58,8 +59,10 @@ def test_whole_chain_on_any_task(task_datasets, tmp_path, task):
     assert f"classes {', '.join(expected['classes'])}" in log
     before = (out / "plan.json").read_bytes()
 
-    stage_run("search_coarse", tmp_path, common)
+    log = stage_run("search_coarse", tmp_path, {**common, "cluster_workers": 2})  # as the CPU profile trains them
     assert (out / "search" / "arch_coarse.json").is_file() and (out / "search" / "arch_coarse.png").is_file()
+    assert ("in 2 worker processes" in log) == (torch.get_num_threads() >= 2), "the config's route to the workers"
+    assert not list((out / "search").glob("search_coarse_cluster*_state.pt"))
     stage_run("search_fine", tmp_path, common)
     arch = json.loads((out / "search" / "arch_fine.json").read_text())
     coarse = json.loads((out / "search" / "arch_coarse.json").read_text())

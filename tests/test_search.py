@@ -1,18 +1,23 @@
 """The search engine: space, clustering, evolution, data stream, evaluation, both stages, resume after SIGKILL."""
 
+import functools
 import json
+import os
 import random
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import PNG_MAGIC, launch, rods_case, run_or_kill, small_stage
+from helpers import PNG_MAGIC, Failing, launch, rods_case, run_or_kill, small_stage
 
 from networks import Architecture, ArchitectureError, enumerate_topologies, load_architecture, topology_error
 from search import (
     AgingEvolution,
     DiceEvaluator,
     PatchStream,
+    SearchSettingsError,
     SearchSpace,
     SearchStateError,
     cached_dataset,
@@ -354,6 +359,120 @@ def test_coarse_search_resumes_after_sigkill(tmp_path):
     assert resumed["evolution"] == expected["evolution"]
     assert resumed["clusters"] == expected["clusters"]
     assert not list(killed.glob(".*.tmp"))  # no half-written file left behind
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for a test (``threads(n)``) and restore it after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_clusters_trained_in_worker_processes_give_the_same_search(tmp_path, threads):
+    """cluster_workers: the clusters' supernets trained in worker processes at once (2 processes of 1 thread for 3
+    clusters) give the search of one process with 1 thread, value for value; the workers' state files are removed
+    once their clusters are scored, their losses reach TensorBoard, and a cluster a worker already finished is
+    taken as it is."""
+    threads(1)
+    small_stage("coarse", tmp_path / "one").run()
+    expected = json.loads((tmp_path / "one" / "search_coarse_history.json").read_text())
+
+    threads(2)
+    workers = small_stage("coarse", tmp_path / "workers", cluster_workers=2, show_progress=True)
+    assert workers.run() == load_architecture(tmp_path / "one" / "arch_coarse.json")
+    history = json.loads((tmp_path / "workers" / "search_coarse_history.json").read_text())
+    assert history["clusters"] == expected["clusters"] and history["evolution"] == expected["evolution"]
+    assert history["evaluations"] == expected["evaluations"]
+    assert not list((tmp_path / "workers").glob("search_coarse_cluster*_state.pt"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (tmp_path / "workers" / "tensorboard" / "coarse").glob("events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
+    assert {f"coarse/cluster{k}/loss" for k in range(3)} | {"coarse/fitness"} <= tags, "the workers' losses too"
+
+    threads(1)  # cluster 0 trained here as a worker would, with 1 thread; then the workers take the other two
+    resumed = small_stage("coarse", tmp_path / "resumed", cluster_workers=2)
+    resumed.train_cluster(0)
+    assert (tmp_path / "resumed" / "search_coarse_cluster0_state.pt").is_file()
+    threads(2)
+    small_stage("coarse", tmp_path / "resumed", cluster_workers=2).run()
+    history = json.loads((tmp_path / "resumed" / "search_coarse_history.json").read_text())
+    assert history["clusters"] == expected["clusters"] and history["evolution"] == expected["evolution"]
+
+
+def test_an_error_or_a_death_in_a_worker_process_stops_the_search_with_one_message(tmp_path, threads):
+    """The error a worker's training raises is the stage's error, as in one process; a worker that dies (killed, out
+    of memory) stops the stage with a line naming the cluster, and a re-run finishes the search."""
+    threads(2)
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="bad augmentation"):
+            small_stage(
+                "coarse", tmp_path / str(workers), augmentation=Failing("bad augmentation"), cluster_workers=workers
+            ).run()
+    with pytest.raises(RuntimeError, match=r"worker process training cluster 0's supernet ended without a result"):
+        small_stage("coarse", tmp_path / "died", cluster_workers=2, worker_init=functools.partial(os._exit, 3)).run()
+    assert small_stage("coarse", tmp_path / "died", cluster_workers=2).run().levels
+    with pytest.raises(SearchSettingsError, match="search setting 'cluster_workers'.*less than the minimum of 1"):
+        small_stage("coarse", tmp_path / "none", cluster_workers=0)
+
+
+def test_killed_search_leaves_no_worker_running_and_resumes_the_workers_training(tmp_path, threads):
+    """SIGKILL to the search process alone (as the OOM killer sends it) ends its worker processes too, so none goes on
+    writing beside a re-run; the re-run resumes each cluster's training from its worker's state and ends with the
+    search of one uninterrupted process."""
+    threads(1)
+    small_stage("coarse", tmp_path / "one").run()
+    expected = json.loads((tmp_path / "one" / "search_coarse_history.json").read_text())
+    out = tmp_path / "killed"
+    state = out / "search_coarse_cluster0_state.pt"
+    process = launch([TESTS / "helpers.py", "coarse_workers", out], TESTS, wait=False, pause_saves=state)
+    marker, deadline = process.pause_marker, time.time() + 300
+    try:  # cluster 0's worker pauses before each new state: let the first save go, stop at the second
+        while not (marker.exists() and state.exists()) and process.poll() is None and time.time() < deadline:
+            if marker.exists():
+                marker.unlink()
+            time.sleep(0.01)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        workers = _children(process.pid)
+        assert len(workers) >= 2, "a worker process per cluster in training"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        ended = time.time() + 30  # the paused worker would wait for ever without the kernel's signal
+        while any(_running(pid) for pid in workers) and time.time() < ended:
+            time.sleep(0.05)
+        assert not any(_running(pid) for pid in workers), "the workers ended with the search process"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        marker.unlink(missing_ok=True)
+        marker.parent.rmdir()
+    assert torch.load(state, weights_only=True)["progress"]["iteration"] == 5, "killed after the first save"
+    assert _run("coarse_workers", out)
+    history = json.loads((out / "search_coarse_history.json").read_text())
+    assert history["clusters"] == expected["clusters"] and history["evolution"] == expected["evolution"]
+    assert not list(out.glob("search_coarse_cluster*_state.pt")) and not list(out.glob(".*.tmp"))
+
+
+def _children(pid):
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def _running(pid):
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_coarse_finalists_are_rated_again_on_one_shared_supernet(tmp_path):
