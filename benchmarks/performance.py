@@ -564,17 +564,12 @@ def _child_main(spec: dict) -> dict:
 
 
 def run_child(**spec) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
-    )
-    if done.returncode != 0:
-        reason = "out of memory (killed)" if done.returncode in (-9, 137) else done.stderr.strip()[-500:]
-        raise RuntimeError(f"{spec}: {reason}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """The job ``spec`` in a child process of its own; its result."""
+    return run_children(spec)[0]
 
 
 def run_children(*specs: dict) -> list:
-    """``run_child`` of each spec, all at once (each its own process); their results in order."""
+    """Each job of ``specs`` in a child process of its own, all at once; their results in order."""
     running = [
         subprocess.Popen(
             [sys.executable, __file__, "--child", json.dumps(spec)],
@@ -589,7 +584,8 @@ def run_children(*specs: dict) -> list:
     for spec, process in zip(specs, running):
         out, err = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"{spec}: {err.strip()[-500:]}")
+            reason = "out of memory (killed)" if process.returncode in (-9, 137) else err.strip()[-500:]
+            raise RuntimeError(f"{spec}: {reason}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 
